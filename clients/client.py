@@ -1,0 +1,237 @@
+"""The Python client for Observatory, on asyncio and picows.
+
+    client = ObservatoryClient("ws://127.0.0.1:8080/")
+    await client.connect()
+    await client.subscribe({"projectIds": [1], "eventTypes": ["message_added"]})
+    async for event in client.events():
+        print(event["seq"], event["data"])
+
+Requests carry a ``requestId`` and their coroutine returns the matching reply (or raises
+``ClientError`` with the server's code). Everything else the server sends (events, notices such
+as ``server_shutdown``, errors not tied to a request) goes to the callbacks registered with
+``on(type, callback)`` (``"*"`` for all) and to the ``events()`` iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import orjson
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from core.errors import ClientError, ConnectionClosedError
+
+log = logging.getLogger("observatory.client")
+
+EventCallback = Callable[[dict[str, Any]], Any]
+_CLOSED = object()
+
+
+class _Listener(WSListener):
+    def __init__(self, client: ObservatoryClient) -> None:
+        self.client = client
+        self._fragments: bytearray | None = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT:
+            if frame.fin:
+                self.client._on_text(frame.get_payload_as_bytes())
+            else:
+                self._fragments = bytearray(frame.get_payload_as_memoryview())
+        elif kind == WSMsgType.CONTINUATION and self._fragments is not None:
+            self._fragments += frame.get_payload_as_memoryview()
+            if frame.fin:
+                payload, self._fragments = bytes(self._fragments), None
+                self.client._on_text(payload)
+        elif kind == WSMsgType.CLOSE:
+            self.client.close_code = frame.get_close_code().value
+            self.client.close_reason = frame.get_close_reason()
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.client._on_disconnected()
+
+
+class ObservatoryClient:
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8080/",
+        *,
+        client_info: Mapping[str, str] | None = None,
+        request_timeout: float = 10.0,
+        max_queued_events: int = 100_000,
+    ) -> None:
+        self.url = url
+        self.client_info = dict(client_info) if client_info else None
+        self.request_timeout = request_timeout
+        self.info: dict[str, Any] | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.dropped_events = 0
+        self._transport: WSTransport | None = None
+        self._connected: asyncio.Future[dict[str, Any]] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._request_ids = itertools.count(1)
+        self._callbacks: dict[str, list[EventCallback]] = defaultdict(list)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(max_queued_events)
+
+    # --- connection ---------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._transport is not None and self.info is not None
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Open the connection and return the server's ``connection_established`` data."""
+        loop = asyncio.get_running_loop()
+        self._connected = loop.create_future()
+        self.close_code = self.close_reason = None
+        transport, _ = await asyncio.wait_for(
+            ws_connect(lambda: _Listener(self), self.url, websocket_handshake_timeout=timeout), timeout
+        )
+        self._transport = transport
+        try:
+            self.info = await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except BaseException:
+            transport.disconnect(graceful=False)
+            raise
+        return self.info
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        transport.send_close(WSCloseCode(code), reason.encode())
+        transport.disconnect(graceful=True)
+        await transport.wait_disconnected()
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def request(self, type_: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request and return the whole reply message; an error reply raises ``ClientError``."""
+        if self._transport is None:
+            raise ConnectionClosedError("not connected")
+        request_id = next(self._request_ids)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = reply
+        self.send({"type": type_, "data": dict(data or {}), "requestId": request_id})
+        try:
+            message = await asyncio.wait_for(reply, self.request_timeout)
+        finally:
+            self._pending.pop(request_id, None)
+        if message["type"] in ("error", "subscription_error"):
+            raise ClientError(message["data"]["code"], message["data"]["message"])
+        return message
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self.send_raw(orjson.dumps(message))
+
+    def send_raw(self, payload: bytes | str, binary: bool = False) -> None:
+        """Send a frame as is (for tools and tests that speak the protocol themselves)."""
+        if self._transport is None:
+            raise ConnectionClosedError("not connected")
+        raw = payload.encode() if isinstance(payload, str) else payload
+        self._transport.send(WSMsgType.BINARY if binary else WSMsgType.TEXT, raw)
+
+    async def subscribe(self, filters: Mapping[str, Any] | None = None) -> str:
+        data: dict[str, Any] = {"filters": dict(filters or {})}
+        if self.client_info:
+            data["clientInfo"] = self.client_info
+        reply = await self.request("subscribe", data)
+        return str(reply["data"]["subscriptionKey"])
+
+    async def unsubscribe(
+        self, subscription_key: str | None = None, filters: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        data: dict[str, Any] = {}
+        if subscription_key is not None:
+            data["subscriptionKey"] = subscription_key
+        if filters is not None:
+            data["filters"] = dict(filters)
+        reply = await self.request("unsubscribe", data)
+        return list(reply["data"]["subscriptionKeys"])
+
+    async def ping(self) -> float:
+        """Round trip to the server in milliseconds."""
+        started = time.perf_counter()
+        await self.request("ping", {"timestamp": int(time.time() * 1000)})
+        return (time.perf_counter() - started) * 1000
+
+    async def get_active_conversations(self, project_id: int | None = None, limit: int = 100) -> dict[str, Any]:
+        data: dict[str, Any] = {"limit": limit}
+        if project_id is not None:
+            data["projectId"] = project_id
+        return (await self.request("get_active_conversations", data))["data"]
+
+    async def get_project_activity(
+        self, project_id: int, start: float | None = None, end: float | None = None
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"projectId": project_id}
+        if start is not None or end is not None:
+            data["timeRange"] = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+        return (await self.request("get_project_activity", data))["data"]
+
+    # --- events -------------------------------------------------------------------------------
+
+    def on(self, type_: str, callback: EventCallback) -> EventCallback:
+        """Call ``callback(message)`` for each message of this type (``"*"``: every one)."""
+        self._callbacks[type_].append(callback)
+        return callback
+
+    def off(self, type_: str, callback: EventCallback) -> None:
+        self._callbacks[type_].remove(callback)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event and notice, in arrival order, until the connection closes."""
+        while True:
+            item = await self._queue.get()
+            if item is _CLOSED:
+                return
+            yield item
+
+    # --- from the listener --------------------------------------------------------------------
+
+    def _on_text(self, payload: bytes) -> None:
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            log.warning("server sent a frame that is not JSON; ignored")
+            return
+        kind = message.get("type")
+        if kind == "connection_established" and self._connected is not None and not self._connected.done():
+            self._connected.set_result(message["data"])
+        reply = self._pending.get(message.get("requestId"))  # type: ignore[arg-type]
+        if reply is not None:
+            if not reply.done():
+                reply.set_result(message)
+            return
+        for callback in (*self._callbacks.get(kind, ()), *self._callbacks.get("*", ())):
+            result = callback(message)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped_events += 1
+
+    def _on_disconnected(self) -> None:
+        self._transport = None
+        self.info = None
+        for reply in self._pending.values():
+            if not reply.done():
+                reply.set_exception(ConnectionClosedError(f"connection closed ({self.close_code})"))
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(ConnectionClosedError("closed before connection_established"))
+        try:
+            self._queue.put_nowait(_CLOSED)
+        except asyncio.QueueFull:
+            pass

@@ -1,0 +1,296 @@
+"""Typed settings: defaults < TOML file < environment < command-line flags.
+
+Every option is declared once, as a field of ``Settings`` with its environment variable, help text
+and bounds in the field's metadata; the CLI flags, the validation and ``docs/configuration.md`` all
+follow from that one declaration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def _option(
+    default: Any,
+    env: str,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    meta = {"env": env, "help": help, "low": low, "high": high, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = _option("127.0.0.1", "WS_HOST", "Address the WebSocket workers listen on.")
+    port: int = _option(8080, "WS_PORT", "TCP port shared by all workers (SO_REUSEPORT).", low=1, high=65535)
+    workers: int = _option(
+        0, "WS_WORKERS", "Number of WebSocket worker processes; 0 means one per CPU core.", low=0, high=512
+    )
+    max_connections: int = _option(
+        1000,
+        "WS_MAX_CONNECTIONS",
+        "Most open WebSocket connections; each worker takes an equal share. Past it a handshake gets 503.",
+        low=1,
+        high=10_000_000,
+    )
+    log_level: str = _option("INFO", "LOG_LEVEL", "Logging level.", choices=LOG_LEVELS)
+
+    ingest_endpoint: str = _option(
+        "tcp://127.0.0.1:5557", "OBSERVATORY_INGEST", "ZeroMQ PULL endpoint the ingest binds for producers."
+    )
+    bus_endpoint: str = _option(
+        "tcp://127.0.0.1:5558", "OBSERVATORY_BUS", "ZeroMQ PUB endpoint the ingest binds; workers subscribe."
+    )
+    query_endpoint: str = _option(
+        "tcp://127.0.0.1:5559",
+        "OBSERVATORY_QUERY",
+        "ZeroMQ ROUTER endpoint the ingest binds to answer the workers' state queries.",
+    )
+    bus_high_water_mark: int = _option(
+        100_000,
+        "OBSERVATORY_BUS_HWM",
+        "ZeroMQ high-water mark (messages) of the bus sockets; past it PUB/SUB drops.",
+        low=1,
+        high=100_000_000,
+    )
+    max_event_bytes: int = _option(
+        1_048_576,
+        "OBSERVATORY_MAX_EVENT_BYTES",
+        "Largest producer message (one ZeroMQ frame) the ingest accepts.",
+        low=256,
+        high=256 * 1_048_576,
+    )
+
+    max_message_bytes: int = _option(
+        65_536,
+        "WS_MAX_MESSAGE_BYTES",
+        "Largest client WebSocket message (after reassembly of fragments); larger closes with 1009.",
+        low=1024,
+        high=64 * 1_048_576,
+    )
+    max_subscriptions: int = _option(
+        50, "WS_MAX_SUBSCRIPTIONS", "Most subscriptions one connection may hold.", low=1, high=10_000
+    )
+    max_filter_values: int = _option(
+        100, "WS_MAX_FILTER_VALUES", "Most values in one filter kind of a subscription.", low=1, high=100_000
+    )
+    message_rate_limit: int = _option(
+        100, "WS_MESSAGE_RATE_LIMIT", "Client messages allowed per minute, per connection.", low=1, high=10**9
+    )
+    message_rate_burst: int = _option(
+        20,
+        "WS_MESSAGE_RATE_BURST",
+        "Client messages allowed in a burst above the steady rate.",
+        low=1,
+        high=10**9,
+    )
+    max_pending_bytes: int = _option(
+        8 * 1_048_576,
+        "WS_MAX_PENDING_BYTES",
+        "Most unsent output one client may have queued; a client that falls further behind is closed "
+        "with 1013 so it never slows the others.",
+        low=65_536,
+        high=1 << 34,
+    )
+    heartbeat_interval: float = _option(
+        30.0,
+        "WS_HEARTBEAT_INTERVAL",
+        "Seconds of silence from a client before the server pings it.",
+        low=0.1,
+        high=3600.0,
+    )
+    heartbeat_timeout: float = _option(
+        10.0,
+        "WS_HEARTBEAT_TIMEOUT",
+        "Seconds a pinged client has to answer before it is disconnected.",
+        low=0.1,
+        high=3600.0,
+    )
+    handshake_timeout: float = _option(
+        5.0, "WS_HANDSHAKE_TIMEOUT", "Seconds a client has to finish the HTTP upgrade.", low=0.1, high=300.0
+    )
+    query_timeout: float = _option(
+        5.0,
+        "OBSERVATORY_QUERY_TIMEOUT",
+        "Seconds a worker waits for the ingest to answer a query before replying QUERY_TIMEOUT.",
+        low=0.05,
+        high=300.0,
+    )
+
+    max_active_conversations: int = _option(
+        10_000,
+        "OBSERVATORY_MAX_ACTIVE_CONVERSATIONS",
+        "Active conversations the ingest tracks; past it the least recently active is forgotten.",
+        low=1,
+        high=10_000_000,
+    )
+    activity_retention: float = _option(
+        86_400.0,
+        "OBSERVATORY_ACTIVITY_RETENTION",
+        "Seconds of per-project activity the ingest keeps for get_project_activity.",
+        low=60.0,
+        high=90 * 86_400.0,
+    )
+    activity_bucket: float = _option(
+        60.0,
+        "OBSERVATORY_ACTIVITY_BUCKET",
+        "Width in seconds of one per-project activity bucket.",
+        low=1.0,
+        high=86_400.0,
+    )
+
+    graceful_timeout: float = _option(
+        10.0,
+        "OBSERVATORY_GRACEFUL_TIMEOUT",
+        "Seconds the supervisor waits for children to exit after SIGTERM before it kills them.",
+        low=0.1,
+        high=3600.0,
+    )
+    worker_timeout: float = _option(
+        30.0,
+        "OBSERVATORY_WORKER_TIMEOUT",
+        "Seconds without a liveness beat from a child's event loop before the supervisor kills it.",
+        low=1.0,
+        high=3600.0,
+    )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def worker_connection_share(self) -> int:
+        """Each worker's share of ``max_connections``; rounded up so the shares cover the total."""
+        return -(-self.max_connections // max(self.workers, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    name: str
+    kind: type
+    default: Any
+    env: str
+    help: str
+    low: float | None
+    high: float | None
+    choices: tuple[str, ...] | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _type_of(annotation: Any) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
+
+
+OPTIONS: tuple[OptionSpec, ...] = tuple(
+    OptionSpec(
+        name=f.name,
+        kind=_type_of(f.type),
+        default=f.default,
+        env=f.metadata["env"],
+        help=f.metadata["help"],
+        low=f.metadata["low"],
+        high=f.metadata["high"],
+        choices=f.metadata["choices"],
+    )
+    for f in dataclasses.fields(Settings)
+)
+OPTIONS_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
+
+
+def _from_text(spec: OptionSpec, text: str, source: str) -> Any:
+    raw = text.strip()
+    try:
+        if spec.kind is int:
+            return int(raw, 10)
+        if spec.kind is float:
+            return float(raw)
+        if spec.kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(
+            f"invalid value for {spec.name} (from {source}): {text!r} is not a {spec.kind.__name__}"
+        ) from None
+    return raw
+
+
+def _from_toml(spec: OptionSpec, value: Any, source: str) -> Any:
+    ok = (isinstance(value, spec.kind) and not (spec.kind is int and isinstance(value, bool))) or (
+        spec.kind is float and isinstance(value, int) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise ConfigError(
+            f"invalid value for {spec.name} (from {source}): {value!r} is not a {spec.kind.__name__}"
+        )
+    return float(value) if spec.kind is float else value
+
+
+def _check(spec: OptionSpec, value: Any, source: str) -> Any:
+    if spec.choices is not None:
+        value = str(value).upper() if spec.name == "log_level" else value
+        if value not in spec.choices:
+            raise ConfigError(
+                f"invalid value for {spec.name} (from {source}): {value!r}; expected one of "
+                + ", ".join(spec.choices)
+            )
+    if spec.low is not None and value < spec.low:
+        raise ConfigError(f"invalid value for {spec.name} (from {source}): {value} is below {spec.low:g}")
+    if spec.high is not None and value > spec.high:
+        raise ConfigError(f"invalid value for {spec.name} (from {source}): {value} is above {spec.high:g}")
+    if spec.name.endswith("_endpoint") and not value.startswith(ZMQ_SCHEMES):
+        raise ConfigError(
+            f"invalid value for {spec.name} (from {source}): {value!r} is not a ZeroMQ endpoint "
+            "(tcp://host:port, ipc://path)"
+        )
+    return value
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc}") from None
+    unknown = sorted(set(table) - set(OPTIONS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown option(s) in config file {source}: {', '.join(unknown)}")
+    return table
+
+
+def load_settings(
+    *,
+    toml_text: str | None = None,
+    toml_source: str = "config file",
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Settings:
+    """Merge the layers in precedence order and validate every value, naming its source on error."""
+    values: dict[str, Any] = {}
+    if toml_text is not None:
+        for name, value in parse_toml(toml_text, toml_source).items():
+            spec = OPTIONS_BY_NAME[name]
+            values[name] = _check(spec, _from_toml(spec, value, toml_source), toml_source)
+    for spec in OPTIONS:
+        if env is not None and spec.env in env:
+            values[spec.name] = _check(spec, _from_text(spec, env[spec.env], spec.env), spec.env)
+        flag_value = None if flags is None else flags.get(spec.name)
+        if flag_value is not None:
+            values[spec.name] = _check(spec, _from_text(spec, flag_value, spec.flag), spec.flag)
+    return Settings(**values)

@@ -1,0 +1,70 @@
+"""State queries between a worker and the ingest: one JSON object each way.
+
+A worker turns a client's query into ``encode_query``; the ingest answers with ``answer_query``;
+the worker reads the answer with ``decode_answer``. Both sides share this module so the format
+lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from core.protocol import GetActiveConversations, GetProjectActivity
+from core.state import LiveState
+
+REPLY_TYPES = {"active_conversations": "active_conversations", "project_activity": "project_activity"}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    reply_type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailure:
+    message: str
+
+
+def encode_query(request: GetActiveConversations | GetProjectActivity) -> bytes:
+    if isinstance(request, GetActiveConversations):
+        return orjson.dumps(
+            {"query": "active_conversations", "projectId": request.project_id, "limit": request.limit}
+        )
+    return orjson.dumps(
+        {
+            "query": "project_activity",
+            "projectId": request.project_id,
+            "start": request.start,
+            "end": request.end,
+        }
+    )
+
+
+def answer_query(state: LiveState, raw: bytes, now_ms: float) -> bytes:
+    """The ingest's side; a malformed query (a bug or a foreign peer) gets an error object back."""
+    try:
+        query = orjson.loads(raw)
+        kind = query["query"]
+        if kind == "active_conversations":
+            data = state.active_conversations(query["projectId"], int(query["limit"]))
+        elif kind == "project_activity":
+            data = state.project_activity(int(query["projectId"]), query["start"], query["end"], now_ms)
+        else:
+            return orjson.dumps({"ok": False, "error": "unknown query"})
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return orjson.dumps({"ok": False, "error": "malformed query"})
+    return orjson.dumps({"ok": True, "type": REPLY_TYPES[kind], "data": data})
+
+
+def decode_answer(raw: bytes) -> QueryAnswer | QueryFailure:
+    try:
+        answer = orjson.loads(raw)
+        if answer.get("ok"):
+            return QueryAnswer(str(answer["type"]), dict(answer["data"]))
+        return QueryFailure(str(answer.get("error", "query failed")))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        return QueryFailure("malformed answer from the ingest")

@@ -1,0 +1,31 @@
+"""The routing header that travels on the bus beside each serialized event.
+
+Workers match subscriptions against this header alone, so they never parse an event's JSON: the
+ingest reads the routing fields out of the event once and the bytes clients receive stay opaque.
+
+On the bus an event is a two-frame ZeroMQ message ``[header, payload]``; the header is the JSON
+array ``[seq, type, projectId, sessionId, messageTypes, toolNames]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
+
+
+class RoutingHeader(NamedTuple):
+    seq: int
+    type: str
+    project_id: int | None
+    session_id: str | None
+    message_types: tuple[str, ...]
+    tool_names: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(tuple(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RoutingHeader:
+        seq, type_, project_id, session_id, message_types, tool_names = orjson.loads(raw)
+        return cls(seq, type_, project_id, session_id, tuple(message_types), tuple(tool_names))

@@ -1,0 +1,221 @@
+"""The ingest's live state: active conversations and per-project activity over time.
+
+It answers the clients' queries and fills routing fields an event lacks (a ``conversation_ended``
+names only its conversation; the state knows that conversation's project and session).
+Everything is bounded: active conversations by count, activity by age.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Conversation:
+    conversation_id: str
+    session_id: str | None
+    project_id: int | None
+    project_name: str | None
+    start_time: float
+    last_activity: float
+    message_count: int = 0
+    tool_use_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "conversationId": self.conversation_id,
+            "sessionId": self.session_id,
+            "projectId": self.project_id,
+            "projectName": self.project_name,
+            "startTime": self.start_time,
+            "lastActivity": self.last_activity,
+            "messageCount": self.message_count,
+            "toolUsageCount": self.tool_use_count,
+        }
+
+
+@dataclass(slots=True)
+class ActivityCounts:
+    messages: int = 0
+    conversations: int = 0
+    tool_uses: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"messages": self.messages, "conversations": self.conversations, "toolUses": self.tool_uses}
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRoute:
+    project_id: int | None
+    session_id: str | None
+
+
+@dataclass(slots=True)
+class _ProjectActivity:
+    buckets: dict[int, ActivityCounts] = field(default_factory=dict)
+    oldest: int = 0
+
+
+class LiveState:
+    def __init__(self, max_active: int, retention_ms: float, bucket_ms: float) -> None:
+        self.max_active = max_active
+        self.retention_ms = retention_ms
+        self.bucket_ms = int(bucket_ms)
+        # Active conversations, least recently active first, so eviction pops from the front.
+        self.active: OrderedDict[str, Conversation] = OrderedDict()
+        # Routes outlive activity (an event may name a conversation that just ended); bounded too.
+        self.routes: OrderedDict[str, ConversationRoute] = OrderedDict()
+        self.project_names: dict[int, str] = {}
+        self._activity: dict[int, _ProjectActivity] = {}
+
+    def route_of(self, conversation_id: str) -> ConversationRoute | None:
+        return self.routes.get(conversation_id)
+
+    def remember_route(self, conversation_id: str, route: ConversationRoute) -> None:
+        known = self.routes.get(conversation_id)
+        if known is not None:
+            route = ConversationRoute(
+                route.project_id if route.project_id is not None else known.project_id,
+                route.session_id if route.session_id is not None else known.session_id,
+            )
+        self.routes[conversation_id] = route
+        self.routes.move_to_end(conversation_id)
+        while len(self.routes) > 4 * self.max_active:
+            self.routes.popitem(last=False)
+
+    def apply(
+        self,
+        type_: str,
+        data: dict[str, Any],
+        conversation_id: str | None,
+        route: ConversationRoute,
+        tool_use_count: int,
+        timestamp_ms: float,
+    ) -> None:
+        """Fold one accepted event into the state."""
+        if route.project_id is not None:
+            name = _project_name(data)
+            if name is not None:
+                self.project_names[route.project_id] = name
+        if conversation_id is None:
+            return
+        self.remember_route(conversation_id, route)
+        if type_ == "conversation_started":
+            conversation = self._touch(conversation_id, route, data, timestamp_ms)
+            start = data.get("startTime")
+            if isinstance(start, int | float) and not isinstance(start, bool):
+                conversation.start_time = start
+            self._count(route.project_id, timestamp_ms, conversations=1)
+        elif type_ == "message_added":
+            conversation = self._touch(conversation_id, route, data, timestamp_ms)
+            conversation.message_count += 1
+            conversation.tool_use_count += tool_use_count
+            self._count(route.project_id, timestamp_ms, messages=1, tool_uses=tool_use_count)
+        elif type_ == "conversation_ended":
+            self.active.pop(conversation_id, None)
+
+    def _touch(
+        self, conversation_id: str, route: ConversationRoute, data: dict[str, Any], timestamp_ms: float
+    ) -> Conversation:
+        conversation = self.active.get(conversation_id)
+        if conversation is None:
+            conversation = Conversation(
+                conversation_id=conversation_id,
+                session_id=route.session_id,
+                project_id=route.project_id,
+                project_name=None,
+                start_time=timestamp_ms,
+                last_activity=timestamp_ms,
+            )
+            self.active[conversation_id] = conversation
+            while len(self.active) > self.max_active:
+                self.active.popitem(last=False)
+        else:
+            self.active.move_to_end(conversation_id)
+        conversation.last_activity = max(conversation.last_activity, timestamp_ms)
+        if conversation.session_id is None:
+            conversation.session_id = route.session_id
+        if conversation.project_id is None:
+            conversation.project_id = route.project_id
+        name = data.get("projectName")
+        if isinstance(name, str):
+            conversation.project_name = name[:256]
+        elif conversation.project_name is None and conversation.project_id is not None:
+            conversation.project_name = self.project_names.get(conversation.project_id)
+        return conversation
+
+    def _count(
+        self,
+        project_id: int | None,
+        timestamp_ms: float,
+        messages: int = 0,
+        conversations: int = 0,
+        tool_uses: int = 0,
+    ) -> None:
+        if project_id is None:
+            return
+        activity = self._activity.setdefault(project_id, _ProjectActivity())
+        bucket_start = int(timestamp_ms) // self.bucket_ms * self.bucket_ms
+        counts = activity.buckets.get(bucket_start)
+        if counts is None:
+            counts = activity.buckets[bucket_start] = ActivityCounts()
+            self._expire(activity, bucket_start)
+        counts.messages += messages
+        counts.conversations += conversations
+        counts.tool_uses += tool_uses
+
+    def _expire(self, activity: _ProjectActivity, newest: int) -> None:
+        horizon = newest - self.retention_ms
+        if activity.oldest >= horizon:
+            return
+        for start in [s for s in activity.buckets if s < horizon]:
+            del activity.buckets[start]
+        activity.oldest = min(activity.buckets, default=newest)
+
+    def active_conversations(self, project_id: int | None, limit: int) -> dict[str, Any]:
+        # Most recently active first: walk the ordered dict from its end.
+        selected = [
+            c for c in reversed(self.active.values()) if project_id is None or c.project_id == project_id
+        ]
+        return {
+            "conversations": [c.to_json() for c in selected[:limit]],
+            "total": len(selected),
+            "projectId": project_id,
+        }
+
+    def project_activity(
+        self, project_id: int, start: float | None, end: float | None, now_ms: float
+    ) -> dict[str, Any]:
+        end = now_ms if end is None else end
+        start = max(now_ms - self.retention_ms, 0) if start is None else start
+        activity = self._activity.get(project_id)
+        totals = ActivityCounts()
+        buckets = []
+        if activity is not None:
+            for bucket_start in sorted(activity.buckets):
+                if bucket_start + self.bucket_ms <= start or bucket_start > end:
+                    continue
+                counts = activity.buckets[bucket_start]
+                totals.messages += counts.messages
+                totals.conversations += counts.conversations
+                totals.tool_uses += counts.tool_uses
+                buckets.append({"start": bucket_start, **counts.to_json()})
+        active = sum(1 for c in self.active.values() if c.project_id == project_id)
+        return {
+            "projectId": project_id,
+            "projectName": self.project_names.get(project_id),
+            "timeRange": {"start": start, "end": end},
+            "bucketMs": self.bucket_ms,
+            "totals": {**totals.to_json(), "activeConversations": active},
+            "buckets": buckets,
+        }
+
+
+def _project_name(data: dict[str, Any]) -> str | None:
+    for container in (data.get("projectInfo"), data.get("project")):
+        if isinstance(container, dict) and isinstance(container.get("name"), str):
+            return str(container["name"])[:256]
+    name = data.get("projectName")
+    return name[:256] if isinstance(name, str) else None

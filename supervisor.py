@@ -1,0 +1,338 @@
+"""observatory: the supervisor that forks and watches the ingest and the WebSocket workers.
+
+The pre-fork model of gunicorn's arbiter: signal handlers only enqueue, and one main loop acts on
+the queue, reaps children, restarts the dead with backoff, and kills a child whose event loop
+stopped beating. A child that cannot boot exits with EXIT_BOOT_ERROR and the supervisor stops
+everything instead of respawning it forever. Children die with the supervisor (PR_SET_PDEATHSIG,
+and a parent check on every beat), so nothing is orphaned even by ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import OPTIONS, Settings, load_settings
+from core.errors import BootError, ConfigError
+from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child
+from workers.logs import setup_logging
+
+log = logging.getLogger("observatory.supervisor")
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+STABLE_AFTER = 10.0  # a child that lived this long resets its slot's restart backoff
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 10.0
+
+
+@dataclass(slots=True)
+class Slot:
+    """A place for one child: the ingest, or worker ``index``. Restarts keep the slot."""
+
+    role: str
+    index: int
+    pid: int | None = None
+    beat_fd: int | None = None
+    started: float = 0.0
+    last_beat: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.role if self.role == "ingest" else f"worker {self.index}"
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    slots: list[Slot] = field(default_factory=list)
+    signal_queue: list[int] = field(default_factory=list)
+    running: bool = False
+    exit_code: int = 0
+
+    def __post_init__(self) -> None:
+        self.slots = [Slot("ingest", 0)] + [Slot("worker", i) for i in range(1, self.settings.workers + 1)]
+        self.selector = selectors.DefaultSelector()
+        self._wakeup_r, self._wakeup_w = os.pipe()
+
+    # --- main loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        log.info(
+            "observatory serving ws://%s:%d/ with %d workers; producers push to %s",
+            self.settings.host, self.settings.port, self.settings.workers, self.settings.ingest_endpoint,
+        )
+        self.running = True
+        for slot in self.slots:  # the ingest first: workers connect to its bus
+            self._spawn(slot)
+        while self.running:
+            self._wait(1.0)
+            self._handle_signals()
+            self._reap(restart=self.running)
+            self._check_liveness()
+            self._respawn_due()
+        self._stop_children()
+        log.info("observatory stopped (exit %d)", self.exit_code)
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wakeup_w, False)
+        os.set_blocking(self._wakeup_r, False)
+        signal.set_wakeup_fd(self._wakeup_w)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._enqueue_signal)
+
+    def _enqueue_signal(self, signum: int, _frame: object) -> None:
+        self.signal_queue.append(signum)
+
+    def _wait(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            slot = key.data
+            try:
+                chunk = os.read(key.fd, 4096)
+            except BlockingIOError:
+                continue
+            if slot is not None and chunk:
+                slot.last_beat = time.monotonic()
+
+    def _handle_signals(self) -> None:
+        while self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                log.info("%s: stopping", signal.Signals(signum).name)
+                self.running = False
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP: restarting workers one at a time")
+                self._restart_workers()
+
+    # --- children -----------------------------------------------------------------------------
+
+    def _spawn(self, slot: Slot) -> None:
+        beat_r, beat_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(beat_r)
+                self._become_child()
+                code = self._child_main(slot, beat_w, parent_pid)
+            finally:
+                os._exit(code)
+        os.close(beat_w)
+        os.set_blocking(beat_r, False)
+        now = time.monotonic()
+        slot.pid, slot.beat_fd, slot.started, slot.last_beat, slot.restart_at = pid, beat_r, now, now, None
+        self.selector.register(beat_r, selectors.EVENT_READ, slot)
+        log.info("started %s (pid %d)", slot.name, pid)
+
+    def _become_child(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for other in self.slots:
+            if other.beat_fd is not None:
+                os.close(other.beat_fd)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        self.selector.close()
+
+    def _child_main(self, slot: Slot, beat_fd: int, parent_pid: int) -> int:
+        from workers import ingest, worker
+        from workers.logs import set_role
+
+        set_role(slot.name)
+        die_with_parent(parent_pid)
+        if slot.role == "ingest":
+            return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))
+        return run_child(slot.name, lambda: worker.serve(self.settings, slot.index, beat_fd, parent_pid))
+
+    def _slot_of(self, pid: int) -> Slot | None:
+        return next((s for s in self.slots if s.pid == pid), None)
+
+    def _reap(self, restart: bool) -> None:
+        """Collect exited children; with ``restart``, schedule each slot's next start."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self._slot_of(pid)
+            if slot is None:
+                continue
+            self._forget(slot)
+            lived = time.monotonic() - slot.started
+            how = _describe_status(status)
+            if not restart:
+                log.info("%s (pid %d) %s", slot.name, pid, how)
+                continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
+                log.error("%s (pid %d) cannot boot; stopping observatory", slot.name, pid)
+                self.exit_code = EXIT_BOOT_ERROR
+                self.running = False
+                continue
+            slot.failures = 0 if lived >= STABLE_AFTER else slot.failures + 1
+            delay = 0.0 if slot.failures == 0 else min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
+            slot.restart_at = time.monotonic() + delay
+            log.warning("%s (pid %d) %s after %.1fs; restarting in %.2fs", slot.name, pid, how, lived, delay)
+
+    def _forget(self, slot: Slot) -> None:
+        if slot.beat_fd is not None:
+            self.selector.unregister(slot.beat_fd)
+            os.close(slot.beat_fd)
+        slot.pid = slot.beat_fd = None
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid is not None and now - slot.last_beat > self.settings.worker_timeout:
+                log.error("%s (pid %d) missed its beats for %.0fs: killing it", slot.name, slot.pid,
+                          now - slot.last_beat)
+                _kill(slot.pid, signal.SIGKILL)
+                slot.last_beat = now  # one kill per timeout; the reaper restarts it
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid is None and slot.restart_at is not None and now >= slot.restart_at:
+                self._spawn(slot)
+
+    def _restart_workers(self) -> None:
+        """Replace each worker in turn; the others keep serving the shared port meanwhile."""
+        for slot in self.slots:
+            if slot.role != "worker" or slot.pid is None:
+                continue
+            old_pid = slot.pid
+            _kill(old_pid, signal.SIGTERM)
+            self._wait_for(lambda pid=old_pid: self._slot_of(pid) is None, self.settings.graceful_timeout)
+            if self._slot_of(old_pid) is not None:
+                _kill(old_pid, signal.SIGKILL)
+                self._wait_for(lambda pid=old_pid: self._slot_of(pid) is None, 5.0)
+            slot.failures = 0
+            if slot.pid is None:
+                self._spawn(slot)
+
+    def _wait_for(self, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            self._wait(0.05)
+            self._reap(restart=False)
+
+    def _stop_children(self) -> None:
+        """Workers first (they tell their clients), then the ingest; SIGKILL what overstays."""
+        for role in ("worker", "ingest"):
+            group = [s for s in self.slots if s.role == role and s.pid is not None]
+            for slot in group:
+                _kill(slot.pid, signal.SIGTERM)
+            self._wait_for(lambda g=group: all(s.pid is None for s in g), self.settings.graceful_timeout)
+            for slot in group:
+                if slot.pid is not None:
+                    log.warning("%s (pid %d) did not stop in time: killing it", slot.name, slot.pid)
+                    _kill(slot.pid, signal.SIGKILL)
+            self._wait_for(lambda g=group: all(s.pid is None for s in g), 5.0)
+
+
+def _kill(pid: int | None, signum: int) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="observatory",
+        description="Real-time broadcast server for Claude Code Observatory (docs/configuration.md).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file of options (keys as below, with _).")
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.kind.__name__.upper(),
+            help=f"{option.help} [env {option.env}; default {option.default!r}]",
+        )
+    return parser
+
+
+def load_from_command_line(argv: Sequence[str] | None) -> Settings:
+    args = build_parser().parse_args(argv)
+    toml_text = None
+    if args.config is not None:
+        try:
+            toml_text = Path(args.config).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {args.config}: {exc.strerror}") from None
+    flags = {o.name: getattr(args, o.name) for o in OPTIONS}
+    settings = load_settings(toml_text=toml_text, toml_source=str(args.config), env=os.environ, flags=flags)
+    if settings.workers == 0:
+        settings = settings.replace(workers=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                    else os.cpu_count() or 1)
+    return settings
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast if anything, even another observatory, holds the port.
+
+    The workers bind with SO_REUSEPORT, which would silently share the port with a second copy of
+    observatory run by the same user; a plain bind first turns that into a clear error.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise BootError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise BootError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_from_command_line(argv)
+    except ConfigError as exc:
+        print(f"observatory: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, "supervisor")
+    try:
+        check_port_free(settings.host, settings.port)
+    except BootError as exc:
+        log.error("%s", exc)
+        return EXIT_BOOT_ERROR
+    return Supervisor(settings).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""I/O glue around ``core``: the WebSocket worker and the ingest process, and what both share."""

@@ -1,0 +1,290 @@
+"""A worker's hub: its clients, their subscription index, the bus and the queries to the ingest.
+
+Bus events arrive as ``[routing header, payload]``; the hub matches the header in the index and
+hands the very same payload bytes to every matching client, in bus order, so each client sees
+events in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import zmq
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+
+from core.config import Settings
+from core.index import SubscriptionIndex
+from core.protocol import (
+    CloseCode,
+    Disconnect,
+    ErrorCode,
+    GetActiveConversations,
+    GetProjectActivity,
+    Ping,
+    ProtocolError,
+    RequestId,
+    Subscribe,
+    Unsubscribe,
+    capabilities,
+    encode_error,
+    encode_message,
+    parse_client_message,
+)
+from core.queries import QueryAnswer, decode_answer, encode_query
+from core.routing import RoutingHeader
+from workers.session import ClientSession
+from workers.zmqio import drain_batch
+
+log = logging.getLogger("observatory.worker")
+
+BUS_BATCH = 256
+QUERY_BATCH = 256
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class PendingQuery:
+    client: ClientSession
+    request_id: RequestId
+    timer: asyncio.TimerHandle
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: int,
+        context: zmq.Context[zmq.Socket[bytes]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.loop = loop
+        self.clients: dict[str, ClientSession] = {}
+        self.index: SubscriptionIndex[ClientSession] = SubscriptionIndex()
+        self.capacity = settings.worker_connection_share()
+        self.draining = False
+        self._ids = itertools.count(1)
+        self._id_prefix = f"w{worker_id}-{secrets.token_hex(3)}-"
+        self._query_ids = itertools.count(1)
+        self.pending: dict[bytes, PendingQuery] = {}
+        self.last_seq = 0
+
+        self.bus = context.socket(zmq.SUB)
+        self.bus.setsockopt(zmq.LINGER, 0)
+        self.bus.setsockopt(zmq.RCVHWM, settings.bus_high_water_mark)
+        self.bus.setsockopt(zmq.SUBSCRIBE, b"")
+        self.bus.connect(settings.bus_endpoint)
+        self.queries = context.socket(zmq.DEALER)
+        self.queries.setsockopt(zmq.LINGER, 0)
+        self.queries.connect(settings.query_endpoint)
+
+    def attach(self) -> None:
+        self.loop.add_reader(self.bus.FD, self._on_bus)
+        self.loop.add_reader(self.queries.FD, self._on_answers)
+        self.loop.call_soon(self._on_bus)
+
+    def detach(self) -> None:
+        self.loop.remove_reader(self.bus.FD)
+        self.loop.remove_reader(self.queries.FD)
+        self.bus.close(linger=0)
+        self.queries.close(linger=0)
+
+    # --- connections --------------------------------------------------------------------------
+
+    def listener_for(self, request: WSUpgradeRequest) -> ClientSession | WSUpgradeResponseWithListener:
+        """picows' listener factory: admit the handshake or answer it with an HTTP status."""
+        if self.draining:
+            return _refuse(503, b"server is shutting down\n")
+        if len(self.clients) >= self.capacity:
+            return _refuse(503, b"server at connection capacity\n")
+        return ClientSession(self, f"{self._id_prefix}{next(self._ids):x}")
+
+    def on_connected(self, client: ClientSession) -> None:
+        self.clients[client.id] = client
+        limits = {
+            "messageRateLimit": self.settings.message_rate_limit,
+            "messageRateBurst": self.settings.message_rate_burst,
+            "maxSubscriptions": self.settings.max_subscriptions,
+            "maxFilterValues": self.settings.max_filter_values,
+            "maxMessageBytes": self.settings.max_message_bytes,
+        }
+        data = {
+            "clientId": client.id,
+            "serverTime": now_ms(),
+            "capabilities": capabilities(self.worker_id),
+            "limits": limits,
+        }
+        client.send(encode_message("connection_established", data, now_ms()))
+        log.debug("client %s connected from %s", client.id, client.peer())
+
+    def on_disconnected(self, client: ClientSession) -> None:
+        if self.clients.pop(client.id, None) is None:
+            return
+        for key in client.subscription_keys:
+            self.index.unsubscribe(client, key)
+        client.subscription_keys.clear()
+        log.debug("client %s disconnected", client.id)
+
+    def check_backlog(self, client: ClientSession) -> None:
+        if client.pending_bytes() > self.settings.max_pending_bytes:
+            log.warning("closing slow client %s: %d bytes unsent", client.id, client.pending_bytes())
+            client.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+
+    # --- the bus --------------------------------------------------------------------------------
+
+    def _on_bus(self) -> None:
+        match = self.index.match
+        for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
+            if len(frames) != 2:
+                log.warning("ignoring a bus message of %d frames", len(frames))
+                continue
+            header = RoutingHeader.decode(frames[0])
+            self.last_seq = header.seq
+            payload = frames[1]
+            for client in match(header):
+                client.send(payload)
+
+    # --- client messages ------------------------------------------------------------------------
+
+    def on_message(self, client: ClientSession, payload: bytes, binary: bool) -> None:
+        if not client.rate.take(time.monotonic()):
+            retry_after = client.rate.retry_after(time.monotonic())
+            client.send(
+                encode_message(
+                    "error",
+                    {
+                        "code": ErrorCode.RATE_LIMIT_EXCEEDED,
+                        "message": "message rate limit exceeded",
+                        "retryAfter": round(retry_after * 1000),
+                    },
+                    now_ms(),
+                )
+            )
+            return
+        if binary:
+            self._refuse(client, ProtocolError(ErrorCode.INVALID_MESSAGE, "binary messages are not supported"))
+            return
+        request = parse_client_message(payload, self.settings.max_filter_values)
+        if isinstance(request, ProtocolError):
+            self._refuse(client, request)
+        elif isinstance(request, Subscribe):
+            self._subscribe(client, request)
+        elif isinstance(request, Unsubscribe):
+            self._unsubscribe(client, request)
+        elif isinstance(request, Ping):
+            data = {"timestamp": now_ms(), "clientTimestamp": request.client_timestamp}
+            client.send(encode_message("pong", data, now_ms(), request.request_id))
+        else:
+            self._query(client, request)
+
+    def _refuse(self, client: ClientSession, error: ProtocolError) -> None:
+        client.send(encode_error(error, now_ms()))
+
+    def _subscribe(self, client: ClientSession, request: Subscribe) -> None:
+        key = request.filters.key
+        if key not in client.subscription_keys and len(client.subscription_keys) >= self.settings.max_subscriptions:
+            self._refuse(
+                client,
+                ProtocolError(
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                    f"at most {self.settings.max_subscriptions} subscriptions per connection",
+                    request.request_id,
+                    "subscription_error",
+                ),
+            )
+            return
+        self.index.subscribe(client, request.filters)
+        client.subscription_keys.add(key)
+        data = {"subscriptionKey": key, "filters": request.filters.to_json()}
+        client.send(encode_message("subscription_confirmed", data, now_ms(), request.request_id))
+
+    def _unsubscribe(self, client: ClientSession, request: Unsubscribe) -> None:
+        if request.subscription_key is None and request.filters is None:
+            keys = sorted(client.subscription_keys)
+        else:
+            key = request.subscription_key if request.subscription_key is not None else request.filters.key  # type: ignore[union-attr]
+            if key not in client.subscription_keys:
+                self._refuse(
+                    client,
+                    ProtocolError(
+                        ErrorCode.SUBSCRIPTION_NOT_FOUND,
+                        "this connection holds no such subscription",
+                        request.request_id,
+                        "subscription_error",
+                    ),
+                )
+                return
+            keys = [key]
+        for key in keys:
+            self.index.unsubscribe(client, key)
+            client.subscription_keys.discard(key)
+        data = {"subscriptionKeys": keys, "remaining": len(client.subscription_keys)}
+        client.send(encode_message("unsubscription_confirmed", data, now_ms(), request.request_id))
+
+    # --- queries to the ingest --------------------------------------------------------------------
+
+    def _query(self, client: ClientSession, request: GetActiveConversations | GetProjectActivity) -> None:
+        query_id = next(self._query_ids).to_bytes(8, "little")
+        try:
+            self.queries.send_multipart((query_id, encode_query(request)), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self._refuse(
+                client, ProtocolError(ErrorCode.QUERY_FAILED, "the ingest cannot take queries now", request.request_id)
+            )
+            return
+        timer = self.loop.call_later(self.settings.query_timeout, self._expire_query, query_id)
+        self.pending[query_id] = PendingQuery(client, request.request_id, timer)
+        # Sending changes the socket's state; its edge-triggered FD may not fire for an early answer.
+        self.loop.call_soon(self._on_answers)
+
+    def _expire_query(self, query_id: bytes) -> None:
+        pending = self.pending.pop(query_id, None)
+        if pending is not None:
+            self._refuse(
+                pending.client,
+                ProtocolError(ErrorCode.QUERY_TIMEOUT, "the ingest did not answer in time", pending.request_id),
+            )
+
+    def _on_answers(self) -> None:
+        for frames in drain_batch(self.queries, QUERY_BATCH, self._on_answers):
+            if len(frames) != 2:
+                continue
+            pending = self.pending.pop(frames[0], None)
+            if pending is None:
+                continue  # answered after its timeout: the client already heard QUERY_TIMEOUT
+            pending.timer.cancel()
+            answer = decode_answer(frames[1])
+            if isinstance(answer, QueryAnswer):
+                pending.client.send(encode_message(answer.reply_type, answer.data, now_ms(), pending.request_id))
+            else:
+                self._refuse(
+                    pending.client, ProtocolError(ErrorCode.QUERY_FAILED, answer.message, pending.request_id)
+                )
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Tell every client to come back later, close them with 1001, and wait a bounded time."""
+        self.draining = True
+        notice = encode_message(
+            "server_shutdown", {"message": "server is shutting down", "reconnectAfter": 1000}, now_ms()
+        )
+        for client in list(self.clients.values()):
+            client.send(notice)
+            client.close(Disconnect(CloseCode.GOING_AWAY, "server shutdown"))
+        deadline = self.loop.time() + grace
+        while self.clients and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+
+def _refuse(status: int, body: bytes) -> WSUpgradeResponseWithListener:
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body), None)

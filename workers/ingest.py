@@ -1,0 +1,128 @@
+"""The ingest process: producers in (PULL), sequenced events out (PUB), state queries (ROUTER).
+
+All three sockets are read on one uvloop loop through ZeroMQ's file descriptor, each read drained
+in bounded batches so that neither producers nor queries can starve the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+
+import zmq
+
+from core.config import Settings
+from core.errors import BootError
+from core.ingest import IngestPipeline, Published
+from core.queries import answer_query
+from core.ratelimit import TokenBucket
+from core.state import LiveState
+from workers.child import Liveness
+from workers.zmqio import bind, drain_batch
+
+log = logging.getLogger("observatory.ingest")
+
+BATCH = 512
+# ZeroMQ disconnects a peer whose message exceeds MAXMSGSIZE; keep that hard ceiling well above
+# max_event_bytes so an oversized event is dropped politely and its producer stays connected.
+MAXMSGSIZE_FACTOR = 16
+
+
+class Ingest:
+    def __init__(self, settings: Settings, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.settings = settings
+        self.epoch = secrets.token_hex(8)
+        self.state = LiveState(
+            settings.max_active_conversations,
+            settings.activity_retention * 1000,
+            settings.activity_bucket * 1000,
+        )
+        self.pipeline = IngestPipeline(self.epoch, self.state, settings.max_event_bytes)
+        hwm = settings.bus_high_water_mark
+        self.pull = bind(context, zmq.PULL, settings.ingest_endpoint, "ingest_endpoint",
+                         rcvhwm=hwm, maxmsgsize=max(settings.max_event_bytes * MAXMSGSIZE_FACTOR, 1 << 24))
+        self.pub = bind(context, zmq.PUB, settings.bus_endpoint, "bus_endpoint", sndhwm=hwm)
+        self.router = bind(context, zmq.ROUTER, settings.query_endpoint, "query_endpoint")
+        self.rejected = 0
+        self._rejected_unlogged = 0
+        self._log_budget = TokenBucket(rate=1.0, capacity=5, now=time.monotonic())
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self.pull.FD, self._on_producers)
+        loop.add_reader(self.router.FD, self._on_queries)
+        # The FDs are edge-triggered: anything queued before the readers existed must be read now.
+        loop.call_soon(self._on_producers)
+        loop.call_soon(self._on_queries)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self.pull.FD)
+        loop.remove_reader(self.router.FD)
+
+    def _on_producers(self, limit: int = BATCH, resume: bool = True) -> None:
+        for frames in drain_batch(self.pull, limit, self._on_producers if resume else None):
+            if len(frames) != 1:
+                self._reject(f"expected one frame, got {len(frames)}")
+                continue
+            outcome = self.pipeline.accept(frames[0], int(time.time() * 1000))
+            if isinstance(outcome, Published):
+                try:
+                    self.pub.send_multipart((outcome.header.encode(), outcome.payload), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # PUB never blocks; at the high-water mark ZeroMQ drops for slow subscribers
+            else:
+                self._reject(outcome.reason)
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        if self._log_budget.take(time.monotonic()):
+            suppressed = f" ({self._rejected_unlogged} more not logged)" if self._rejected_unlogged else ""
+            log.warning("dropped producer message: %s%s", reason, suppressed)
+            self._rejected_unlogged = 0
+        else:
+            self._rejected_unlogged += 1
+
+    def _on_queries(self) -> None:
+        for frames in drain_batch(self.router, BATCH, self._on_queries):
+            if len(frames) != 3:
+                continue  # not a worker of ours: a query is [identity, query id, body]
+            identity, query_id, body = frames
+            answer = answer_query(self.state, body, int(time.time() * 1000))
+            try:
+                self.router.send_multipart((identity, query_id, answer), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the worker is gone or saturated; its own timeout answers the client
+
+    def close(self) -> None:
+        for sock in (self.pull, self.pub, self.router):
+            sock.close(linger=1000)
+
+
+async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        ingest = Ingest(settings, context)
+    except BootError:
+        context.destroy(linger=0)
+        raise
+    ingest.attach(loop)
+    liveness = Liveness(beat_fd, parent_pid, stop.set)
+    liveness.start()
+    log.info(
+        "ingest ready: producers %s, bus %s, queries %s, epoch %s",
+        settings.ingest_endpoint, settings.bus_endpoint, settings.query_endpoint, ingest.epoch,
+    )
+    await stop.wait()
+    liveness.stop()
+    ingest.detach(loop)
+    # Events read before the stop are published; the linger gives subscribers time to take them.
+    ingest._on_producers(limit=settings.bus_high_water_mark, resume=False)
+    ingest.close()
+    context.term()
+    log.info("ingest stopped after seq %d (%d producer messages rejected)", ingest.pipeline.seq, ingest.rejected)

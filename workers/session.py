@@ -1,0 +1,106 @@
+"""One WebSocket connection: frames in (reassembled, bounded), bytes out, backpressure noted.
+
+picows hands over raw frames; this listener turns them into whole messages for the hub and
+answers the close handshake. Everything the connection *means* lives in the hub and ``core``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from core.protocol import CloseCode, Disconnect
+from core.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from workers.hub import Hub
+
+TEXT = WSMsgType.TEXT
+
+
+class ClientSession(WSListener):
+    def __init__(self, hub: Hub, client_id: str) -> None:
+        self.hub = hub
+        self.id = client_id
+        self.transport: WSTransport | None = None
+        self.subscription_keys: set[str] = set()
+        self.rate = TokenBucket(
+            hub.settings.message_rate_limit / 60.0, hub.settings.message_rate_burst, time.monotonic()
+        )
+        self.paused = False
+        self.closed = False
+        self._fragments: bytearray | None = None
+        self._fragments_binary = False
+
+    # --- picows callbacks -------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.hub.on_connected(self)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        self.hub.on_disconnected(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == TEXT or kind == WSMsgType.BINARY:
+            if self._fragments is not None:
+                self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one"))
+            elif frame.fin:
+                self._deliver(frame.get_payload_as_bytes(), kind == WSMsgType.BINARY)
+            else:
+                self._fragments = bytearray(frame.get_payload_as_memoryview())
+                self._fragments_binary = kind == WSMsgType.BINARY
+        elif kind == WSMsgType.CONTINUATION:
+            if self._fragments is None:
+                self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "continuation frame outside a message"))
+                return
+            self._fragments += frame.get_payload_as_memoryview()
+            if len(self._fragments) > self.hub.settings.max_message_bytes:
+                self._fragments = None
+                self.close(Disconnect(CloseCode.MESSAGE_TOO_BIG, "message too big"))
+            elif frame.fin:
+                payload, self._fragments = bytes(self._fragments), None
+                self._deliver(payload, self._fragments_binary)
+        elif kind == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    # --- used by the hub ----------------------------------------------------------------------
+
+    def _deliver(self, payload: bytes, binary: bool) -> None:
+        self.hub.on_message(self, payload, binary)
+
+    def send(self, payload: bytes) -> None:
+        """Queue one text frame; a client too far behind is closed, never waited for."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        transport.send(TEXT, payload)
+        if self.paused:
+            self.hub.check_backlog(self)
+
+    def pending_bytes(self) -> int:
+        return 0 if self.transport is None else self.transport.underlying_transport.get_write_buffer_size()
+
+    def close(self, decision: Disconnect) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.closed = True
+        self.transport.send_close(WSCloseCode(decision.code), decision.reason.encode()[:120])
+        self.transport.disconnect(graceful=True)
+
+    def peer(self) -> str:
+        if self.transport is None:
+            return "?"
+        peer = self.transport.underlying_transport.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
