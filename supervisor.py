@@ -72,7 +72,10 @@ class Supervisor:
         self._install_signals()
         log.info(
             "observatory serving ws://%s:%d/ with %d workers; producers push to %s",
-            self.settings.host, self.settings.port, self.settings.workers, self.settings.ingest_endpoint,
+            self.settings.host,
+            self.settings.port,
+            self.settings.workers,
+            self.settings.ingest_endpoint,
         )
         self.running = True
         for slot in self.slots:  # the ingest first: workers connect to its bus
@@ -203,8 +206,12 @@ class Supervisor:
         now = time.monotonic()
         for slot in self.slots:
             if slot.pid is not None and now - slot.last_beat > self.settings.worker_timeout:
-                log.error("%s (pid %d) missed its beats for %.0fs: killing it", slot.name, slot.pid,
-                          now - slot.last_beat)
+                log.error(
+                    "%s (pid %d) missed its beats for %.0fs: killing it",
+                    slot.name,
+                    slot.pid,
+                    now - slot.last_beat,
+                )
                 _kill(slot.pid, signal.SIGKILL)
                 slot.last_beat = now  # one kill per timeout; the reaper restarts it
 
@@ -294,8 +301,9 @@ def load_from_command_line(argv: Sequence[str] | None) -> Settings:
     flags = {o.name: getattr(args, o.name) for o in OPTIONS}
     settings = load_settings(toml_text=toml_text, toml_source=str(args.config), env=os.environ, flags=flags)
     if settings.workers == 0:
-        settings = settings.replace(workers=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                    else os.cpu_count() or 1)
+        settings = settings.replace(
+            workers=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
     return settings
 
 

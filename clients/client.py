@@ -83,6 +83,7 @@ class ObservatoryClient:
         self._request_ids = itertools.count(1)
         self._callbacks: dict[str, list[EventCallback]] = defaultdict(list)
         self._queue: asyncio.Queue[Any] = asyncio.Queue(max_queued_events)
+        self._callback_tasks: set[asyncio.Future[Any]] = set()
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -166,7 +167,9 @@ class ObservatoryClient:
         await self.request("ping", {"timestamp": int(time.time() * 1000)})
         return (time.perf_counter() - started) * 1000
 
-    async def get_active_conversations(self, project_id: int | None = None, limit: int = 100) -> dict[str, Any]:
+    async def get_active_conversations(
+        self, project_id: int | None = None, limit: int = 100
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {"limit": limit}
         if project_id is not None:
             data["projectId"] = project_id
@@ -217,7 +220,9 @@ class ObservatoryClient:
         for callback in (*self._callbacks.get(kind, ()), *self._callbacks.get("*", ())):
             result = callback(message)
             if inspect.isawaitable(result):
-                asyncio.ensure_future(result)
+                task = asyncio.ensure_future(result)
+                self._callback_tasks.add(task)
+                task.add_done_callback(self._callback_tasks.discard)
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:

@@ -171,7 +171,9 @@ class Hub:
             )
             return
         if binary:
-            self._refuse(client, ProtocolError(ErrorCode.INVALID_MESSAGE, "binary messages are not supported"))
+            self._refuse(
+                client, ProtocolError(ErrorCode.INVALID_MESSAGE, "binary messages are not supported")
+            )
             return
         request = parse_client_message(payload, self.settings.max_filter_values)
         if isinstance(request, ProtocolError):
@@ -191,7 +193,10 @@ class Hub:
 
     def _subscribe(self, client: ClientSession, request: Subscribe) -> None:
         key = request.filters.key
-        if key not in client.subscription_keys and len(client.subscription_keys) >= self.settings.max_subscriptions:
+        if (
+            key not in client.subscription_keys
+            and len(client.subscription_keys) >= self.settings.max_subscriptions
+        ):
             self._refuse(
                 client,
                 ProtocolError(
@@ -238,7 +243,10 @@ class Hub:
             self.queries.send_multipart((query_id, encode_query(request)), zmq.NOBLOCK)
         except zmq.ZMQError:
             self._refuse(
-                client, ProtocolError(ErrorCode.QUERY_FAILED, "the ingest cannot take queries now", request.request_id)
+                client,
+                ProtocolError(
+                    ErrorCode.QUERY_FAILED, "the ingest cannot take queries now", request.request_id
+                ),
             )
             return
         timer = self.loop.call_later(self.settings.query_timeout, self._expire_query, query_id)
@@ -251,7 +259,9 @@ class Hub:
         if pending is not None:
             self._refuse(
                 pending.client,
-                ProtocolError(ErrorCode.QUERY_TIMEOUT, "the ingest did not answer in time", pending.request_id),
+                ProtocolError(
+                    ErrorCode.QUERY_TIMEOUT, "the ingest did not answer in time", pending.request_id
+                ),
             )
 
     def _on_answers(self) -> None:
@@ -264,7 +274,9 @@ class Hub:
             pending.timer.cancel()
             answer = decode_answer(frames[1])
             if isinstance(answer, QueryAnswer):
-                pending.client.send(encode_message(answer.reply_type, answer.data, now_ms(), pending.request_id))
+                pending.client.send(
+                    encode_message(answer.reply_type, answer.data, now_ms(), pending.request_id)
+                )
             else:
                 self._refuse(
                     pending.client, ProtocolError(ErrorCode.QUERY_FAILED, answer.message, pending.request_id)

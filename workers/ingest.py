@@ -42,8 +42,14 @@ class Ingest:
         )
         self.pipeline = IngestPipeline(self.epoch, self.state, settings.max_event_bytes)
         hwm = settings.bus_high_water_mark
-        self.pull = bind(context, zmq.PULL, settings.ingest_endpoint, "ingest_endpoint",
-                         rcvhwm=hwm, maxmsgsize=max(settings.max_event_bytes * MAXMSGSIZE_FACTOR, 1 << 24))
+        self.pull = bind(
+            context,
+            zmq.PULL,
+            settings.ingest_endpoint,
+            "ingest_endpoint",
+            rcvhwm=hwm,
+            maxmsgsize=max(settings.max_event_bytes * MAXMSGSIZE_FACTOR, 1 << 24),
+        )
         self.pub = bind(context, zmq.PUB, settings.bus_endpoint, "bus_endpoint", sndhwm=hwm)
         self.router = bind(context, zmq.ROUTER, settings.query_endpoint, "query_endpoint")
         self.rejected = 0
@@ -116,7 +122,10 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
     liveness.start()
     log.info(
         "ingest ready: producers %s, bus %s, queries %s, epoch %s",
-        settings.ingest_endpoint, settings.bus_endpoint, settings.query_endpoint, ingest.epoch,
+        settings.ingest_endpoint,
+        settings.bus_endpoint,
+        settings.query_endpoint,
+        ingest.epoch,
     )
     await stop.wait()
     liveness.stop()
@@ -125,4 +134,6 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
     ingest._on_producers(limit=settings.bus_high_water_mark, resume=False)
     ingest.close()
     context.term()
-    log.info("ingest stopped after seq %d (%d producer messages rejected)", ingest.pipeline.seq, ingest.rejected)
+    log.info(
+        "ingest stopped after seq %d (%d producer messages rejected)", ingest.pipeline.seq, ingest.rejected
+    )
