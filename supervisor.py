@@ -24,7 +24,7 @@ from pathlib import Path
 
 from core.config import OPTIONS, Settings, load_settings
 from core.errors import BootError, ConfigError
-from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child
+from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child, set_process_name
 from workers.logs import setup_logging
 
 log = logging.getLogger("observatory.supervisor")
@@ -160,6 +160,7 @@ class Supervisor:
         from workers.logs import set_role
 
         set_role(slot.name)
+        set_process_name("obs-" + slot.name.replace(" ", "-"))
         die_with_parent(parent_pid)
         if slot.role == "ingest":
             return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))

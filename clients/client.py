@@ -195,11 +195,16 @@ class ObservatoryClient:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Every event and notice, in arrival order, until the connection closes."""
-        while True:
-            item = await self._queue.get()
-            if item is _CLOSED:
-                return
-            yield item
+        while (message := await self.receive()) is not None:
+            yield message
+
+    async def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event or notice; None once the connection has closed; TimeoutError after ``timeout``."""
+        item = await asyncio.wait_for(self._queue.get(), timeout)
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)  # every later call sees the end too
+            return None
+        return dict(item)
 
     # --- from the listener --------------------------------------------------------------------
 

@@ -1,0 +1,210 @@
+"""Real servers for the tests: free ports, a started supervisor, bounded waits, exact cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from clients import ObservatoryClient, Producer
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOT_TIMEOUT = 20.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free now; held open together so they are distinct."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    ingest_endpoint: str
+    workers: int
+    log_path: Path
+    producers: list[Producer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def producer(self) -> Producer:
+        producer = Producer(self.ingest_endpoint, send_timeout=5.0, linger=1.0)
+        self.producers.append(producer)
+        return producer
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def pids_named(self, prefix: str) -> list[int]:
+        """Children by process name: ``obs-ingest``, ``obs-worker-1``, ..."""
+        found = []
+        for child in self.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.name().startswith(prefix):
+                    found.append(child.pid)
+        return found
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the supervisor, wait for it; then make sure nothing it started survives."""
+        for producer in self.producers:
+            producer.close()
+        self.producers.clear()
+        descendants = self.children()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        return self.proc.returncode
+
+
+def spawn(tmp_path: Path, workers: int = 2, **options: Any) -> tuple[ServerProcess, list[str]]:
+    port, ingest, bus, query = free_ports(4)
+    flags = {
+        "port": port,
+        "workers": workers,
+        "ingest_endpoint": f"tcp://127.0.0.1:{ingest}",
+        "bus_endpoint": f"tcp://127.0.0.1:{bus}",
+        "query_endpoint": f"tcp://127.0.0.1:{query}",
+        "log_level": "INFO",
+        **options,
+    }
+    argv = [sys.executable, str(ROOT / "supervisor.py")]
+    for name, value in flags.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    log_path = tmp_path / f"observatory-{port}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    server = ServerProcess(proc, port, f"tcp://127.0.0.1:{ingest}", workers, log_path)
+    return server, argv
+
+
+def start_server(tmp_path: Path, workers: int = 2, **options: Any) -> ServerProcess:
+    server, _ = spawn(tmp_path, workers, **options)
+    try:
+        asyncio.run(wait_ready(server))
+    except BaseException:
+        server.stop()
+        raise RuntimeError(f"server did not become ready; its log:\n{server.log()}") from None
+    return server
+
+
+async def wait_ready(server: ServerProcess, timeout: float = BOOT_TIMEOUT) -> None:
+    """Every worker accepts connections and hears the bus (ZeroMQ SUB joins late)."""
+    deadline = time.monotonic() + timeout
+    probes: dict[int, ObservatoryClient] = {}
+    try:
+        while len(probes) < server.workers:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"observatory exited with {server.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not all come up")
+            client = ObservatoryClient(server.url)
+            try:
+                info = await client.connect(timeout=2.0)
+            except Exception:  # not listening yet, or closed mid-handshake
+                await asyncio.sleep(0.1)
+                continue
+            worker = info["capabilities"]["worker"]
+            if worker in probes:
+                await client.close()
+                continue
+            await client.subscribe({"eventTypes": ["harness_probe"]})
+            probes[worker] = client
+        producer = server.producer()
+        heard: set[int] = set()
+        while heard != set(probes):
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not hear the bus")
+            producer.publish("harness_probe", {})
+            for worker, client in probes.items():
+                if await next_event(client, "harness_probe", 0.05) is not None:
+                    heard.add(worker)
+    finally:
+        for client in probes.values():
+            await client.close()
+
+
+async def next_event(client: ObservatoryClient, type_: str | None, timeout: float) -> dict[str, Any] | None:
+    """The next message of this type (any type if None) within ``timeout``, else None."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
+        try:
+            message = await client.receive(remaining)
+        except TimeoutError:
+            return None
+        if message is None:
+            return None  # the connection closed
+        if type_ is None or message.get("type") == type_:
+            return message
+
+
+async def collect_until(
+    client: ObservatoryClient, sentinel_type: str, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Every event (messages with a ``seq``) up to and excluding the first of ``sentinel_type``."""
+    seen: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        message = await next_event(client, None, max(remaining, 0))
+        if message is None:
+            raise TimeoutError(f"no {sentinel_type} within {timeout}s; got {[m.get('type') for m in seen]}")
+        if message.get("type") == sentinel_type:
+            return seen
+        if "seq" in message:
+            seen.append(message)
+
+
+async def connect_all(url: str, count: int) -> list[ObservatoryClient]:
+    clients = [ObservatoryClient(url) for _ in range(count)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    return clients
+
+
+async def close_all(clients: Iterable[ObservatoryClient]) -> None:
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
