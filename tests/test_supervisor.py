@@ -182,3 +182,18 @@ def test_python_supervisor_py_help_lists_every_option() -> None:
     assert result.returncode == 0
     for option in OPTIONS:
         assert option.flag in result.stdout and option.env in result.stdout
+
+
+async def test_sighup_replaces_every_worker_while_the_port_keeps_serving(own_server: ServerProcess) -> None:
+    before = set(own_server.pids_named("obs-worker"))
+    ingest = own_server.pids_named("obs-ingest")
+    own_server.proc.send_signal(signal.SIGHUP)
+
+    def replaced() -> bool:
+        after = set(own_server.pids_named("obs-worker"))
+        return len(after) == 2 and not after & before
+
+    await asyncio.to_thread(wait_until, replaced, 20, "both workers replaced")
+    assert own_server.pids_named("obs-ingest") == ingest
+    assert own_server.proc.poll() is None
+    await wait_ready(own_server)
