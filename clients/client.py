@@ -69,8 +69,12 @@ class ObservatoryClient:
         client_info: Mapping[str, str] | None = None,
         request_timeout: float = 10.0,
         max_queued_events: int = 100_000,
+        heartbeat_interval: float = 30.0,
+        heartbeat_timeout: float = 10.0,
     ) -> None:
         self.url = url
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
         self.client_info = dict(client_info) if client_info else None
         self.request_timeout = request_timeout
         self.info: dict[str, Any] | None = None
@@ -97,7 +101,16 @@ class ObservatoryClient:
         self._connected = loop.create_future()
         self.close_code = self.close_reason = None
         transport, _ = await asyncio.wait_for(
-            ws_connect(lambda: _Listener(self), self.url, websocket_handshake_timeout=timeout), timeout
+            ws_connect(
+                lambda: _Listener(self),
+                self.url,
+                websocket_handshake_timeout=timeout,
+                # A server silent this long is pinged; no pong in time and the connection is closed.
+                enable_auto_ping=True,
+                auto_ping_idle_timeout=self.heartbeat_interval,
+                auto_ping_reply_timeout=self.heartbeat_timeout,
+            ),
+            timeout,
         )
         self._transport = transport
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import websockets
+from picows import WSListener, ws_connect
 
 from clients import ObservatoryClient
 from core.errors import ClientError
@@ -385,3 +386,23 @@ async def test_queries_answer_from_state_built_by_real_events(server: ServerProc
     reply = await client.request("get_active_conversations", {"limit": 1})
     assert len(reply["data"]["conversations"]) == 1
     await client.close()
+
+
+class _Mute(WSListener):
+    """A client that never answers pings."""
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(tmp_path: Path) -> None:
+    quick = await asyncio.to_thread(start_server, tmp_path, 1, heartbeat_interval=0.3, heartbeat_timeout=0.3)
+    try:
+        started = time.monotonic()
+        transport, _ = await ws_connect(_Mute, quick.url, enable_auto_pong=False)
+        await asyncio.wait_for(transport.wait_disconnected(), 10)
+        assert time.monotonic() - started < 5
+        healthy = ObservatoryClient(quick.url, heartbeat_interval=0.3, heartbeat_timeout=0.3)
+        await healthy.connect()
+        await asyncio.sleep(1.5)  # several ping rounds: a client that answers stays connected
+        assert healthy.is_connected
+        await healthy.close()
+    finally:
+        quick.stop()
