@@ -27,6 +27,16 @@ def wait_until(condition: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def signal_child(server: ServerProcess, name: str, signum: int) -> int:
+    (victim,) = server.pids_named(name)
+    os.kill(victim, signum)
+    return victim
+
+
+def wait_replaced(server: ServerProcess, name: str, victim: int) -> None:
+    wait_until(lambda: server.pids_named(name) not in ([], [victim]), 10, f"a new {name}")
+
+
 @pytest.fixture
 def own_server(tmp_path: Path) -> ServerProcess:
     """A server this test may break; the fixture still removes whatever is left of it."""
@@ -51,30 +61,24 @@ async def test_sigterm_tells_clients_closes_1001_and_leaves_no_child(own_server:
 
 
 async def test_killed_worker_is_restarted_and_serves(own_server: ServerProcess) -> None:
-    (victim,) = own_server.pids_named("obs-worker-1")
-    os.kill(victim, signal.SIGKILL)
-    await asyncio.to_thread(
-        wait_until, lambda: own_server.pids_named("obs-worker-1") not in ([], [victim]), 10, "a new worker 1"
-    )
+    victim = signal_child(own_server, "obs-worker-1", signal.SIGKILL)
+    await asyncio.to_thread(wait_replaced, own_server, "obs-worker-1", victim)
     await wait_ready(own_server)
     assert f"worker 1 (pid {victim}) was killed by SIGKILL" in own_server.log()
 
 
 async def test_killed_ingest_is_restarted_and_events_flow_again(own_server: ServerProcess) -> None:
-    (victim,) = own_server.pids_named("obs-ingest")
-    os.kill(victim, signal.SIGKILL)
-    await asyncio.to_thread(
-        wait_until, lambda: own_server.pids_named("obs-ingest") not in ([], [victim]), 10, "a new ingest"
-    )
+    victim = signal_child(own_server, "obs-ingest", signal.SIGKILL)
+    await asyncio.to_thread(wait_replaced, own_server, "obs-ingest", victim)
     # The workers' ZeroMQ sockets reconnect by themselves; wait_ready proves the bus carries again.
     await wait_ready(own_server)
 
 
 def test_wedged_worker_is_killed_and_replaced(own_server: ServerProcess) -> None:
-    (victim,) = own_server.pids_named("obs-worker-2")
-    os.kill(victim, signal.SIGSTOP)  # its loop can no longer beat, though the process exists
+    # A stopped process still exists, but its loop can no longer beat.
+    victim = signal_child(own_server, "obs-worker-2", signal.SIGSTOP)
     wait_until(lambda: f"worker 2 (pid {victim}) missed its beats" in own_server.log(), 10, "the kill")
-    wait_until(lambda: own_server.pids_named("obs-worker-2") not in ([], [victim]), 10, "a new worker 2")
+    wait_replaced(own_server, "obs-worker-2", victim)
 
 
 def test_children_exit_when_the_supervisor_is_killed(own_server: ServerProcess) -> None:
