@@ -8,6 +8,7 @@ follow from that one declaration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -244,6 +245,9 @@ def _from_toml(spec: OptionSpec, value: Any, source: str) -> Any:
 
 
 def _check(spec: OptionSpec, value: Any, source: str) -> Any:
+    if spec.kind is float and math.isnan(value):
+        # NaN compares false with every bound, so the range checks below would let it through.
+        raise ConfigError(f"invalid value for {spec.name} (from {source}): nan is not a number")
     if spec.choices is not None:
         value = str(value).upper() if spec.name == "log_level" else value
         if value not in spec.choices:

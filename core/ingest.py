@@ -96,7 +96,9 @@ def read_route(data: dict[str, Any]) -> _Route:
         conversation_id=_short_string(data.get("conversationId")),
         project_id=_project_id(data),
         session_id=session_id,
-        message_types=(message_type,) if message_type in MESSAGE_TYPES else (),
+        message_types=(message_type,)
+        if isinstance(message_type, str) and message_type in MESSAGE_TYPES
+        else (),
         tool_names=tuple(dict.fromkeys(tool_names)),
         tool_use_count=len(tool_uses),
     )

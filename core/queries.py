@@ -44,19 +44,37 @@ def encode_query(request: GetActiveConversations | GetProjectActivity) -> bytes:
     )
 
 
+def _optional_number(value: Any) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise TypeError("not a number")
+
+
+def _optional_project(value: Any) -> int | None:
+    # orjson parses JSON integers only within 64 bits, so an int here always serializes back.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise TypeError("not a project id")
+
+
 def answer_query(state: LiveState, raw: bytes, now_ms: float) -> bytes:
     """The ingest's side; a malformed query (a bug or a foreign peer) gets an error object back."""
+    malformed = orjson.dumps({"ok": False, "error": "malformed query"})
     try:
         query = orjson.loads(raw)
         kind = query["query"]
         if kind == "active_conversations":
-            data = state.active_conversations(query["projectId"], int(query["limit"]))
+            data = state.active_conversations(_optional_project(query["projectId"]), int(query["limit"]))
         elif kind == "project_activity":
-            data = state.project_activity(int(query["projectId"]), query["start"], query["end"], now_ms)
+            project_id = _optional_project(query["projectId"])
+            if project_id is None:
+                return malformed
+            start, end = _optional_number(query["start"]), _optional_number(query["end"])
+            data = state.project_activity(project_id, start, end, now_ms)
         else:
             return orjson.dumps({"ok": False, "error": "unknown query"})
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return orjson.dumps({"ok": False, "error": "malformed query"})
+        return malformed
     return orjson.dumps({"ok": True, "type": REPLY_TYPES[kind], "data": data})
 
 

@@ -189,7 +189,10 @@ class LiveState:
         self, project_id: int, start: float | None, end: float | None, now_ms: float
     ) -> dict[str, Any]:
         end = now_ms if end is None else end
-        start = max(now_ms - self.retention_ms, 0) if start is None else start
+        # Buckets past the retention are dropped lazily, when their project gets a new one: an idle
+        # project may still hold some, and they must not be reported.
+        horizon = max(now_ms - self.retention_ms, 0)
+        start = horizon if start is None else max(start, horizon)
         activity = self._activity.get(project_id)
         totals = ActivityCounts()
         buckets = []
