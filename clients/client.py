@@ -27,6 +27,7 @@ import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from core.errors import ClientError, ConnectionClosedError
+from core.protocol import close_echo_code
 
 log = logging.getLogger("observatory.client")
 
@@ -54,7 +55,9 @@ class _Listener(WSListener):
         elif kind == WSMsgType.CLOSE:
             self.client.close_code = frame.get_close_code().value
             self.client.close_reason = frame.get_close_reason()
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.send_close(
+                WSCloseCode(close_echo_code(self.client.close_code)), frame.get_close_message()
+            )
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -108,7 +111,8 @@ class ObservatoryClient:
                 # A server silent this long is pinged; no pong in time and the connection is closed.
                 enable_auto_ping=True,
                 auto_ping_idle_timeout=self.heartbeat_interval,
-                auto_ping_reply_timeout=self.heartbeat_timeout,
+                # picows needs the pong within the idle span; a longer timeout would drop the link.
+                auto_ping_reply_timeout=min(self.heartbeat_timeout, self.heartbeat_interval),
             ),
             timeout,
         )

@@ -17,7 +17,8 @@ from typing import Any
 from core.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://")
+# inproc:// cannot cross processes, and the ingest and the workers are separate processes.
+ZMQ_SCHEMES = ("tcp://", "ipc://")
 
 
 def _option(
@@ -164,7 +165,7 @@ class Settings:
         30.0,
         "OBSERVATORY_WORKER_TIMEOUT",
         "Seconds without a liveness beat from a child's event loop before the supervisor kills it.",
-        low=1.0,
+        low=3.0,
         high=3600.0,
     )
 
@@ -212,6 +213,9 @@ OPTIONS: tuple[OptionSpec, ...] = tuple(
 OPTIONS_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _from_text(spec: OptionSpec, text: str, source: str) -> Any:
     raw = text.strip()
     try:
@@ -228,7 +232,7 @@ def _from_text(spec: OptionSpec, text: str, source: str) -> Any:
             raise ValueError(raw)
     except ValueError:
         raise ConfigError(
-            f"invalid value for {spec.name} (from {source}): {text!r} is not a {spec.kind.__name__}"
+            f"invalid value for {spec.name} (from {source}): {text!r} is not {_KIND_NAMES[spec.kind]}"
         ) from None
     return raw
 
@@ -239,7 +243,7 @@ def _from_toml(spec: OptionSpec, value: Any, source: str) -> Any:
     )
     if not ok:
         raise ConfigError(
-            f"invalid value for {spec.name} (from {source}): {value!r} is not a {spec.kind.__name__}"
+            f"invalid value for {spec.name} (from {source}): {value!r} is not {_KIND_NAMES[spec.kind]}"
         )
     return float(value) if spec.kind is float else value
 
@@ -297,4 +301,16 @@ def load_settings(
         flag_value = None if flags is None else flags.get(spec.name)
         if flag_value is not None:
             values[spec.name] = _check(spec, _from_text(spec, flag_value, spec.flag), spec.flag)
-    return Settings(**values)
+    return _check_together(Settings(**values))
+
+
+def _check_together(settings: Settings) -> Settings:
+    """Constraints between options, which no single option's bounds can express."""
+    if settings.heartbeat_timeout > settings.heartbeat_interval:
+        # picows pings after heartbeat_interval of silence and wants the pong within that same span;
+        # a longer timeout makes it drop every connection.
+        raise ConfigError(
+            f"heartbeat_timeout ({settings.heartbeat_timeout:g}) must not exceed heartbeat_interval "
+            f"({settings.heartbeat_interval:g})"
+        )
+    return settings

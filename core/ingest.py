@@ -150,6 +150,7 @@ class IngestPipeline:
             ConversationRoute(project_id, session_id),
             route.tool_use_count,
             timestamp,
+            now_ms,
         )
 
         self.seq += 1

@@ -46,6 +46,15 @@ class CloseCode:
     TRY_AGAIN_LATER = 1013
 
 
+# RFC 6455 section 7.4.1: these codes report what happened locally and are never sent in a frame.
+_NEVER_SENT_CLOSE_CODES = frozenset({0, 1005, 1006, 1015})
+
+
+def close_echo_code(received: int) -> int:
+    """The code to answer a peer's close frame with: its own, unless that may not go on the wire."""
+    return CloseCode.NORMAL if received in _NEVER_SENT_CLOSE_CODES else received
+
+
 @dataclass(frozen=True, slots=True)
 class Disconnect:
     """A decision to close a connection with this code and reason."""

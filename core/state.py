@@ -2,7 +2,8 @@
 
 It answers the clients' queries and fills routing fields an event lacks (a ``conversation_ended``
 names only its conversation; the state knows that conversation's project and session).
-Everything is bounded: active conversations by count, activity by age.
+Everything is bounded: active conversations, routes and project names by count, activity by age
+measured on the ingest's clock (never on producers' timestamps).
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class ConversationRoute:
 @dataclass(slots=True)
 class _ProjectActivity:
     buckets: dict[int, ActivityCounts] = field(default_factory=dict)
-    oldest: int = 0
 
 
 class LiveState:
@@ -67,8 +67,9 @@ class LiveState:
         self.active: OrderedDict[str, Conversation] = OrderedDict()
         # Routes outlive activity (an event may name a conversation that just ended); bounded too.
         self.routes: OrderedDict[str, ConversationRoute] = OrderedDict()
-        self.project_names: dict[int, str] = {}
+        self.project_names: OrderedDict[int, str] = OrderedDict()
         self._activity: dict[int, _ProjectActivity] = {}
+        self._swept_bucket = 0
 
     def route_of(self, conversation_id: str) -> ConversationRoute | None:
         return self.routes.get(conversation_id)
@@ -93,12 +94,17 @@ class LiveState:
         route: ConversationRoute,
         tool_use_count: int,
         timestamp_ms: float,
+        now_ms: float,
     ) -> None:
-        """Fold one accepted event into the state."""
+        """Fold one accepted event, stamped ``timestamp_ms`` and arriving at ``now_ms``, into the state."""
+        self._sweep(now_ms)
         if route.project_id is not None:
             name = _project_name(data)
             if name is not None:
                 self.project_names[route.project_id] = name
+                self.project_names.move_to_end(route.project_id)
+                while len(self.project_names) > 4 * self.max_active:
+                    self.project_names.popitem(last=False)
         if conversation_id is None:
             return
         self.remember_route(conversation_id, route)
@@ -107,12 +113,12 @@ class LiveState:
             start = data.get("startTime")
             if isinstance(start, int | float) and not isinstance(start, bool):
                 conversation.start_time = start
-            self._count(route.project_id, timestamp_ms, conversations=1)
+            self._count(route.project_id, timestamp_ms, now_ms, conversations=1)
         elif type_ == "message_added":
             conversation = self._touch(conversation_id, route, data, timestamp_ms)
             conversation.message_count += 1
             conversation.tool_use_count += tool_use_count
-            self._count(route.project_id, timestamp_ms, messages=1, tool_uses=tool_use_count)
+            self._count(route.project_id, timestamp_ms, now_ms, messages=1, tool_uses=tool_use_count)
         elif type_ == "conversation_ended":
             self.active.pop(conversation_id, None)
 
@@ -150,29 +156,41 @@ class LiveState:
         self,
         project_id: int | None,
         timestamp_ms: float,
+        now_ms: float,
         messages: int = 0,
         conversations: int = 0,
         tool_uses: int = 0,
     ) -> None:
-        if project_id is None:
+        """Count activity in the bucket of the event's time, kept within the retention window.
+
+        Producers' clocks are not ours: an event from the future counts now, and one older than the
+        retention is not counted at all, so neither can grow a project past its window.
+        """
+        if project_id is None or timestamp_ms < now_ms - self.retention_ms:
             return
+        moment = min(timestamp_ms, now_ms)
         activity = self._activity.setdefault(project_id, _ProjectActivity())
-        bucket_start = int(timestamp_ms) // self.bucket_ms * self.bucket_ms
+        bucket_start = int(moment) // self.bucket_ms * self.bucket_ms
         counts = activity.buckets.get(bucket_start)
         if counts is None:
             counts = activity.buckets[bucket_start] = ActivityCounts()
-            self._expire(activity, bucket_start)
         counts.messages += messages
         counts.conversations += conversations
         counts.tool_uses += tool_uses
 
-    def _expire(self, activity: _ProjectActivity, newest: int) -> None:
-        horizon = newest - self.retention_ms
-        if activity.oldest >= horizon:
+    def _sweep(self, now_ms: float) -> None:
+        """Drop buckets past the retention, and projects left with none, once per bucket width."""
+        current = int(now_ms) // self.bucket_ms
+        if current == self._swept_bucket:
             return
-        for start in [s for s in activity.buckets if s < horizon]:
-            del activity.buckets[start]
-        activity.oldest = min(activity.buckets, default=newest)
+        self._swept_bucket = current
+        horizon = now_ms - self.retention_ms - self.bucket_ms
+        for project_id in list(self._activity):
+            buckets = self._activity[project_id].buckets
+            for start in [start for start in buckets if start < horizon]:
+                del buckets[start]
+            if not buckets:
+                del self._activity[project_id]
 
     def active_conversations(self, project_id: int | None, limit: int) -> dict[str, Any]:
         # Most recently active first: walk the ordered dict from its end.
@@ -188,10 +206,10 @@ class LiveState:
     def project_activity(
         self, project_id: int, start: float | None, end: float | None, now_ms: float
     ) -> dict[str, Any]:
-        end = now_ms if end is None else end
-        # Buckets past the retention are dropped lazily, when their project gets a new one: an idle
-        # project may still hold some, and they must not be reported.
-        horizon = max(now_ms - self.retention_ms, 0)
+        end = int(now_ms) if end is None else end
+        # Expired buckets are swept only when events arrive: a quiet server may still hold some, and
+        # they must not be reported.
+        horizon = int(max(now_ms - self.retention_ms, 0))
         start = horizon if start is None else max(start, horizon)
         activity = self._activity.get(project_id)
         totals = ActivityCounts()

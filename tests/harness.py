@@ -116,7 +116,7 @@ def spawn(tmp_path: Path, workers: int = 2, **options: Any) -> tuple[ServerProce
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    server = ServerProcess(proc, port, f"tcp://127.0.0.1:{ingest}", workers, log_path)
+    server = ServerProcess(proc, port, str(flags["ingest_endpoint"]), workers, log_path)
     return server, argv
 
 

@@ -123,7 +123,7 @@ def test_ingest_endpoint_in_use_stops_everything_with_the_boot_error_code(tmp_pa
     ("args", "env", "expected"),
     [
         (["--port", "0"], {}, "port (from --port): 0 is below 1"),
-        ([], {"WS_PORT": "eighty"}, "port (from WS_PORT): 'eighty' is not a int"),
+        ([], {"WS_PORT": "eighty"}, "port (from WS_PORT): 'eighty' is not an integer"),
         (["--log-level", "chatty"], {}, "log_level (from --log-level)"),
         (["--bus-endpoint", "127.0.0.1:1"], {}, "is not a ZeroMQ endpoint"),
         (["--config", "/nonexistent/observatory.toml"], {}, "cannot read config file"),
@@ -201,3 +201,19 @@ async def test_sighup_replaces_every_worker_while_the_port_keeps_serving(own_ser
     assert own_server.pids_named("obs-ingest") == ingest
     assert own_server.proc.poll() is None
     await wait_ready(own_server)
+
+
+def test_a_second_server_cannot_steal_live_ipc_endpoints(tmp_path: Path) -> None:
+    endpoints = {name: f"ipc://{tmp_path}/{name}.sock" for name in ("ingest", "bus", "query")}
+    ipc = {f"{name}_endpoint": endpoint for name, endpoint in endpoints.items()}
+    first = start_server(tmp_path, workers=1, **ipc)
+    try:
+        second, _ = spawn(tmp_path, workers=1, **ipc)
+        try:
+            assert second.proc.wait(15) == 3
+        finally:
+            second.stop()
+        assert f"cannot bind ingest_endpoint {endpoints['ingest']}: already in use" in second.log()
+        asyncio.run(wait_ready(first))  # the first one still owns its bus
+    finally:
+        first.stop()

@@ -44,6 +44,7 @@ log = logging.getLogger("observatory.worker")
 
 BUS_BATCH = 256
 QUERY_BATCH = 256
+RECONNECT_AFTER_MS = 5000  # the specification's value
 
 
 def now_ms() -> int:
@@ -156,27 +157,21 @@ class Hub:
     # --- client messages ------------------------------------------------------------------------
 
     def on_message(self, client: ClientSession, payload: bytes, binary: bool) -> None:
-        if not client.rate.take(time.monotonic()):
-            retry_after = client.rate.retry_after(time.monotonic())
-            client.send(
-                encode_message(
-                    "error",
-                    {
-                        "code": ErrorCode.RATE_LIMIT_EXCEEDED,
-                        "message": "message rate limit exceeded",
-                        "retryAfter": round(retry_after * 1000),
-                    },
-                    now_ms(),
-                )
-            )
-            return
-        if binary:
-            self._refuse(
-                client, ProtocolError(ErrorCode.INVALID_MESSAGE, "binary messages are not supported")
-            )
-            return
-        request = parse_client_message(payload, self.settings.max_filter_values)
-        if isinstance(request, ProtocolError):
+        # Parsed before the rate check so that even a refusal carries the request's requestId.
+        request = (
+            ProtocolError(ErrorCode.INVALID_MESSAGE, "binary messages are not supported")
+            if binary
+            else parse_client_message(payload, self.settings.max_filter_values)
+        )
+        now = time.monotonic()
+        if not client.rate.take(now):
+            data = {
+                "code": ErrorCode.RATE_LIMIT_EXCEEDED,
+                "message": "message rate limit exceeded",
+                "retryAfter": round(client.rate.retry_after(now) * 1000),
+            }
+            client.send(encode_message("error", data, now_ms(), request.request_id))
+        elif isinstance(request, ProtocolError):
             self._refuse(client, request)
         elif isinstance(request, Subscribe):
             self._subscribe(client, request)
@@ -209,6 +204,8 @@ class Hub:
             return
         self.index.subscribe(client, request.filters)
         client.subscription_keys.add(key)
+        if request.client_info is not None:
+            client.client_info = request.client_info
         data = {"subscriptionKey": key, "filters": request.filters.to_json()}
         client.send(encode_message("subscription_confirmed", data, now_ms(), request.request_id))
 
@@ -288,7 +285,9 @@ class Hub:
         """Tell every client to come back later, close them with 1001, and wait a bounded time."""
         self.draining = True
         notice = encode_message(
-            "server_shutdown", {"message": "server is shutting down", "reconnectAfter": 1000}, now_ms()
+            "server_shutdown",
+            {"message": "server is shutting down", "reconnectAfter": RECONNECT_AFTER_MS},
+            now_ms(),
         )
         for client in list(self.clients.values()):
             client.send(notice)

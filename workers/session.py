@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from core.protocol import CloseCode, Disconnect
+from core.protocol import ClientInfo, CloseCode, Disconnect, close_echo_code
 from core.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ class ClientSession(WSListener):
         self.id = client_id
         self.transport: WSTransport | None = None
         self.subscription_keys: set[str] = set()
+        self.client_info: ClientInfo | None = None
         self.rate = TokenBucket(
             hub.settings.message_rate_limit / 60.0, hub.settings.message_rate_burst, time.monotonic()
         )
@@ -72,7 +73,8 @@ class ClientSession(WSListener):
                 payload, self._fragments = bytes(self._fragments), None
                 self._deliver(payload, self._fragments_binary)
         elif kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            code = close_echo_code(frame.get_close_code().value)
+            transport.send_close(WSCloseCode(code), frame.get_close_message())
             transport.disconnect()
 
     # --- used by the hub ----------------------------------------------------------------------

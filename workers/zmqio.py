@@ -8,6 +8,8 @@ schedules itself again, because the FD will not fire for messages already queued
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable, Iterator
 
 import zmq
@@ -33,12 +35,31 @@ def bind(
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if maxmsgsize is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
+    problem = _live_ipc_owner(endpoint)
+    if problem is None:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            problem = exc.strerror
+    if problem is not None:
         sock.close(linger=0)
-        raise BootError(f"cannot bind {option} {endpoint}: {exc.strerror}") from None
+        raise BootError(f"cannot bind {option} {endpoint}: {problem}")
     return sock
+
+
+def _live_ipc_owner(endpoint: str) -> str | None:
+    """ZeroMQ binds ipc:// by replacing the socket file: a second server would silently steal it."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://") :]
+    if not os.path.exists(path):
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return None  # a stale file left by a process that died: safe to replace
+    return "already in use by a running process"
 
 
 def drain_batch(

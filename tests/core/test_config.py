@@ -87,15 +87,15 @@ def test_layers_merge_per_option() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"env": {"WS_HEARTBEAT_INTERVAL": " 2.5 "}}, 2.5),
-        ({"toml_text": "heartbeat_interval = 5"}, 5.0),
-        ({"toml_text": "heartbeat_interval = 5.5"}, 5.5),
-        ({"flags": {"heartbeat_interval": "7"}}, 7.0),
+        ({"env": {"OBSERVATORY_QUERY_TIMEOUT": " 2.5 "}}, 2.5),
+        ({"toml_text": "query_timeout = 5"}, 5.0),
+        ({"toml_text": "query_timeout = 5.5"}, 5.5),
+        ({"flags": {"query_timeout": "7"}}, 7.0),
     ],
     ids=["env-float", "toml-int-for-float", "toml-float", "flag-int-text"],
 )
 def test_float_options(kwargs: dict[str, object], expected: float) -> None:
-    value = load_settings(**kwargs).heartbeat_interval  # type: ignore[arg-type]
+    value = load_settings(**kwargs).query_timeout  # type: ignore[arg-type]
     assert value == expected
     assert isinstance(value, float)
 
@@ -134,6 +134,7 @@ def test_log_level_is_case_insensitive(source: str, text: str) -> None:
         ({"env": {"LOG_LEVEL": "verbose"}}, ["log_level", "LOG_LEVEL", "DEBUG"]),
         ({"flags": {"log_level": "trace"}}, ["log_level", "--log-level"]),
         ({"env": {"OBSERVATORY_INGEST": "http://x:1"}}, ["ingest_endpoint", "OBSERVATORY_INGEST"]),
+        ({"env": {"OBSERVATORY_BUS": "inproc://bus"}}, ["bus_endpoint", "not a ZeroMQ endpoint"]),
         ({"env": {"OBSERVATORY_BUS": "127.0.0.1:5558"}}, ["bus_endpoint", "OBSERVATORY_BUS"]),
         ({"flags": {"query_endpoint": ""}}, ["query_endpoint", "--query-endpoint"]),
         ({"toml_text": "port = true"}, ["port", "config file", "True"]),
@@ -168,6 +169,7 @@ def test_log_level_is_case_insensitive(source: str, text: str) -> None:
         "env-log-level",
         "flag-log-level",
         "env-endpoint-scheme",
+        "inproc-refused",
         "env-endpoint-no-scheme",
         "flag-endpoint-empty",
         "toml-bool-for-int",
@@ -204,7 +206,7 @@ def test_nan_float_is_refused(kwargs: dict[str, object]) -> None:
         load_settings(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("scheme", ["tcp://127.0.0.1:1", "ipc:///tmp/obs.sock", "inproc://bus"])
+@pytest.mark.parametrize("scheme", ["tcp://127.0.0.1:1", "ipc:///tmp/obs.sock"])
 def test_endpoint_schemes_accepted(scheme: str) -> None:
     assert load_settings(env={"OBSERVATORY_BUS": scheme}).bus_endpoint == scheme
 
@@ -239,3 +241,21 @@ def test_worker_connection_share(max_connections: int, workers: int, share: int)
     settings = Settings(max_connections=max_connections, workers=workers)
     assert settings.worker_connection_share() == share
     assert share * max(workers, 1) >= max_connections
+
+
+@pytest.mark.parametrize(
+    ("env", "ok"),
+    [
+        ({"WS_HEARTBEAT_INTERVAL": "5", "WS_HEARTBEAT_TIMEOUT": "5"}, True),
+        ({"WS_HEARTBEAT_INTERVAL": "5", "WS_HEARTBEAT_TIMEOUT": "2"}, True),
+        ({"WS_HEARTBEAT_INTERVAL": "5", "WS_HEARTBEAT_TIMEOUT": "6"}, False),
+        ({"WS_HEARTBEAT_INTERVAL": "5"}, False),  # the default timeout (10) exceeds it
+    ],
+    ids=["equal", "shorter", "longer", "default-timeout-longer"],
+)
+def test_heartbeat_timeout_may_not_exceed_the_interval(env: dict[str, str], ok: bool) -> None:
+    if ok:
+        load_settings(env=env)
+    else:
+        with pytest.raises(ConfigError, match=r"heartbeat_timeout .* must not exceed heartbeat_interval"):
+            load_settings(env=env)

@@ -18,8 +18,10 @@ def state() -> LiveState:
     live = LiveState(max_active=100, retention_ms=3_600_000, bucket_ms=60_000)
     for i, (conversation, project) in enumerate([("a", 1), ("b", 2), ("c", 1)]):
         route = ConversationRoute(project, f"s-{conversation}")
-        live.apply("conversation_started", {"projectName": f"p{project}"}, conversation, route, 0, T0 + i)
-        live.apply("message_added", {}, conversation, route, 2, T0 + 60_000 + i)
+        live.apply(
+            "conversation_started", {"projectName": f"p{project}"}, conversation, route, 0, T0 + i, T0 + i
+        )
+        live.apply("message_added", {}, conversation, route, 2, T0 + 60_000 + i, T0 + 60_000 + i)
     return live
 
 

@@ -26,8 +26,11 @@ def apply(
     session: str | None = "s",
     tools: int = 0,
     data: dict[str, Any] | None = None,
+    now: float | None = None,
 ) -> None:
-    state.apply(type_, data or {}, conversation, ConversationRoute(project, session), tools, ts)
+    """Apply an event that arrives at ``now`` (by default, the moment it is stamped with)."""
+    arrival = ts if now is None else now
+    state.apply(type_, data or {}, conversation, ConversationRoute(project, session), tools, ts, arrival)
 
 
 def ids(state: LiveState, project: int | None = None, limit: int = 100) -> list[str]:
@@ -270,3 +273,40 @@ def test_project_name_needs_a_project_id() -> None:
     state = make()
     apply(state, "conversation_started", "c1", T0, project=None, data={"projectInfo": {"name": "orphan"}})
     assert state.project_names == {}
+
+
+def test_a_timestamp_from_the_future_counts_at_the_ingest_clock() -> None:
+    state = make()
+    apply(state, "message_added", "c1", T0 + 10 * RETENTION, now=T0)
+    assert [b["start"] for b in state.project_activity(1, None, None, T0)["buckets"]] == [T0]
+
+
+def test_a_timestamp_older_than_the_retention_is_not_counted() -> None:
+    state = make()
+    apply(state, "message_added", "c1", T0 - RETENTION - 1, now=T0)
+    assert state.project_activity(1, 0, T0, T0)["totals"]["messages"] == 0
+    assert state.active_conversations(None, 10)["conversations"][0]["messageCount"] == 1
+
+
+def test_many_old_timestamps_never_grow_a_project_past_its_window() -> None:
+    state = make()
+    for minute in range(100):
+        apply(state, "message_added", "c1", T0 - minute * BUCKET, now=T0)
+    assert len(state.project_activity(1, 0, T0, T0)["buckets"]) <= RETENTION // BUCKET + 1
+
+
+def test_the_sweep_drops_expired_buckets_and_empty_projects() -> None:
+    state = make()
+    apply(state, "message_added", "c1", T0, project=1)
+    apply(state, "message_added", "c2", T0 + 2 * RETENTION, project=2)  # time moves on: project 1 expires
+    assert set(state._activity) == {2}
+
+
+def test_project_names_are_bounded() -> None:
+    state = make(max_active=2)
+    for project in range(20):
+        apply(
+            state, "project_discovered", None, T0, project=project, data={"project": {"name": f"p{project}"}}
+        )
+    assert len(state.project_names) == 8
+    assert state.project_names[19] == "p19"

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import websockets
-from picows import WSListener, ws_connect
+from picows import WSCloseCode, WSListener, ws_connect
 
 from clients import ObservatoryClient
 from core.errors import ClientError
@@ -89,11 +89,12 @@ async def test_malformed_json_gets_invalid_message(server: ServerProcess) -> Non
 async def test_rapid_pings_hit_the_rate_limit(server: ServerProcess) -> None:
     client = ObservatoryClient(server.url)
     await client.connect()
-    for _ in range(200):
-        client.send({"type": "ping", "data": {"timestamp": 1}})
+    for i in range(200):
+        client.send({"type": "ping", "data": {"timestamp": 1}, "requestId": f"p{i}"})
     error = await next_event(client, "error", 5)
     assert error is not None and error["data"]["code"] == "RATE_LIMIT_EXCEEDED"
     assert error["data"]["retryAfter"] > 0
+    assert error["requestId"] == "p20"  # the burst is 20: the 21st is the first refused
     await client.close()
 
 
@@ -406,3 +407,11 @@ async def test_a_client_that_stops_answering_pings_is_closed(tmp_path: Path) -> 
         await healthy.close()
     finally:
         quick.stop()
+
+
+async def test_a_close_without_a_status_code_is_answered_with_1000(server: ServerProcess) -> None:
+    transport, _ = await ws_connect(WSListener, server.url)
+    transport.send_close(WSCloseCode.NO_INFO)
+    await asyncio.wait_for(transport.wait_disconnected(), 5)
+    assert transport.close_handshake is not None and transport.close_handshake.recv is not None
+    assert transport.close_handshake.recv.code == WSCloseCode.OK
