@@ -77,7 +77,6 @@ class Hub:
         self._id_prefix = f"w{worker_id}-{secrets.token_hex(3)}-"
         self._query_ids = itertools.count(1)
         self.pending: dict[bytes, PendingQuery] = {}
-        self.last_seq = 0
 
         self.bus = context.socket(zmq.SUB)
         self.bus.setsockopt(zmq.LINGER, 0)
@@ -148,10 +147,8 @@ class Hub:
             if len(frames) != 2:
                 log.warning("ignoring a bus message of %d frames", len(frames))
                 continue
-            header = RoutingHeader.decode(frames[0])
-            self.last_seq = header.seq
             payload = frames[1]
-            for client in match(header):
+            for client in match(RoutingHeader.decode(frames[0])):
                 client.send(payload)
 
     # --- client messages ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 import secrets
 import signal
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -67,8 +68,17 @@ class Ingest:
         loop.remove_reader(self.pull.FD)
         loop.remove_reader(self.router.FD)
 
-    def _on_producers(self, limit: int = BATCH, resume: bool = True) -> None:
-        for frames in drain_batch(self.pull, limit, self._on_producers if resume else None):
+    def _on_producers(self) -> None:
+        self._publish(BATCH, self._on_producers)
+
+    def flush(self) -> None:
+        """Publish whatever producers sent before the stop, then give up the sockets."""
+        self._publish(self.settings.bus_high_water_mark, None)
+        for sock in (self.pull, self.pub, self.router):
+            sock.close(linger=1000)
+
+    def _publish(self, limit: int, resume: Callable[[], None] | None) -> None:
+        for frames in drain_batch(self.pull, limit, resume):
             if len(frames) != 1:
                 self._reject(f"expected one frame, got {len(frames)}")
                 continue
@@ -101,10 +111,6 @@ class Ingest:
             except zmq.ZMQError:
                 pass  # the worker is gone or saturated; its own timeout answers the client
 
-    def close(self) -> None:
-        for sock in (self.pull, self.pub, self.router):
-            sock.close(linger=1000)
-
 
 async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
     loop = asyncio.get_running_loop()
@@ -130,9 +136,7 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
     await stop.wait()
     liveness.stop()
     ingest.detach(loop)
-    # Events read before the stop are published; the linger gives subscribers time to take them.
-    ingest._on_producers(limit=settings.bus_high_water_mark, resume=False)
-    ingest.close()
+    ingest.flush()
     context.term()
     log.info(
         "ingest stopped after seq %d (%d producer messages rejected)", ingest.pipeline.seq, ingest.rejected
