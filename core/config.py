@@ -95,7 +95,7 @@ class Settings:
     message_rate_burst: int = _option(
         20,
         "WS_MESSAGE_RATE_BURST",
-        "Client messages allowed in a burst above the steady rate.",
+        "Client messages allowed at once: the size of the per-connection token bucket.",
         low=1,
         high=10**9,
     )
