@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import logging
 import os
 import selectors
@@ -21,10 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from core.auth import PERMISSIONS, mint_token
 from core.config import OPTIONS, Settings, load_settings
 from core.errors import BootError, ConfigError
 from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child, set_process_name
+from workers.keys import AuthSetup, load_auth
 from workers.logs import setup_logging
 
 log = logging.getLogger("observatory.supervisor")
@@ -33,6 +37,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
 STABLE_AFTER = 10.0  # a child that lived this long resets its slot's restart backoff
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 10.0
+LOCAL_TOKEN_TTL = 7 * 86_400.0
 
 
 @dataclass(slots=True)
@@ -56,6 +61,7 @@ class Slot:
 @dataclass
 class Supervisor:
     settings: Settings
+    auth: AuthSetup
     slots: list[Slot] = field(default_factory=list)
     signal_queue: list[int] = field(default_factory=list)
     running: bool = False
@@ -164,7 +170,9 @@ class Supervisor:
         die_with_parent(parent_pid)
         if slot.role == "ingest":
             return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))
-        return run_child(slot.name, lambda: worker.serve(self.settings, slot.index, beat_fd, parent_pid))
+        return run_child(
+            slot.name, lambda: worker.serve(self.settings, self.auth, slot.index, beat_fd, parent_pid)
+        )
 
     def _slot_of(self, pid: int) -> Slot | None:
         return next((s for s in self.slots if s.pid == pid), None)
@@ -282,24 +290,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file of options (keys as below, with _).")
     for option in OPTIONS:
+        # A bare boolean flag (--insecure) means true; --auth false turns one off.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if option.kind is bool else {}
         parser.add_argument(
             option.flag,
             dest=option.name,
             metavar=option.kind.__name__.upper(),
             help=f"{option.help} [env {option.env}; default {option.default!r}]",
+            **extra,
         )
     return parser
 
 
 def load_from_command_line(argv: Sequence[str] | None) -> Settings:
-    args = build_parser().parse_args(argv)
+    return settings_from(build_parser().parse_args(argv))
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
     toml_text = None
     if args.config is not None:
         try:
             toml_text = Path(args.config).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {args.config}: {exc.strerror}") from None
-    flags = {o.name: getattr(args, o.name) for o in OPTIONS}
+    flags = {o.name: getattr(args, o.name, None) for o in OPTIONS}
     settings = load_settings(toml_text=toml_text, toml_source=str(args.config), env=os.environ, flags=flags)
     if settings.workers == 0:
         settings = settings.replace(
@@ -328,9 +342,49 @@ def check_port_free(host: str, port: int) -> None:
             raise BootError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def is_loopback(host: str) -> bool:
     try:
-        settings = load_from_command_line(argv)
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Secure by default: serving without authentication beyond this machine takes --insecure."""
+    if settings.auth or is_loopback(settings.host):
+        return
+    if not settings.insecure:
+        raise ConfigError(
+            f"refusing to serve {settings.host} without authentication: turn auth on, listen on a "
+            "loopback address, or pass --insecure"
+        )
+
+
+def local_address(settings: Settings, auth: AuthSetup) -> str | None:
+    """A ready-to-use address carrying an admin token, the way Jupyter prints one."""
+    if auth.signing_key is None:
+        return None
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    token = mint_token(
+        auth.signing_key,
+        auth.algorithm,
+        user="local",
+        projects=None,
+        permissions=["admin"],
+        ttl=LOCAL_TOKEN_TTL,
+    )
+    return f"ws://{host}:{settings.port}/?token={token}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["token"]:
+        return token_main(arguments[1:])
+    try:
+        settings = load_from_command_line(arguments)
+        check_exposure(settings)
+        auth = load_auth(settings, os.environ)
     except ConfigError as exc:
         print(f"observatory: error: {exc}", file=sys.stderr)
         return 2
@@ -340,7 +394,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootError as exc:
         log.error("%s", exc)
         return EXIT_BOOT_ERROR
-    return Supervisor(settings).run()
+    if not settings.auth:
+        log.warning(
+            "authentication is OFF: anyone who can reach %s:%d sees every event", settings.host, settings.port
+        )
+    if auth.generated_at is not None:
+        log.info("generated a token secret in %s (readable by you only)", auth.generated_at)
+    address = local_address(settings, auth)
+    if address is not None:
+        print(f"observatory: connect with {address}", file=sys.stderr, flush=True)
+    return Supervisor(settings, auth).run()
+
+
+def token_main(argv: Sequence[str]) -> int:
+    """``observatory token``: mint a token for another user or tool with the server's secret."""
+    parser = argparse.ArgumentParser(prog="observatory token", description=token_main.__doc__)
+    parser.add_argument("--config", metavar="FILE", help="the server's TOML config file")
+    parser.add_argument("--user", default="local", help="the sub claim (default: local)")
+    parser.add_argument(
+        "--project",
+        type=int,
+        action="append",
+        dest="projects",
+        metavar="ID",
+        help="a project the token may see (repeat for several)",
+    )
+    parser.add_argument("--all-projects", action="store_true", help='every project (projectIds: "*")')
+    parser.add_argument(
+        "--permission",
+        action="append",
+        dest="permissions",
+        choices=sorted(PERMISSIONS),
+        help="subscribe, query or admin (repeat; default: subscribe and query)",
+    )
+    parser.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+    parser.add_argument("--session", help="the sid claim, so the session can be revoked")
+    args = parser.parse_args(argv)
+    if not args.projects and not args.all_projects:
+        parser.error("name at least one --project, or --all-projects")
+    if args.ttl <= 0:
+        parser.error("--ttl must be positive")
+    try:
+        settings = settings_from(argparse.Namespace(config=args.config))
+        auth = load_auth(settings.replace(auth=True), os.environ)
+    except ConfigError as exc:
+        print(f"observatory token: error: {exc}", file=sys.stderr)
+        return 2
+    if auth.signing_key is None:
+        print(
+            "observatory token: error: this server verifies tokens with a public key; mint them where the "
+            "private key is",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        mint_token(
+            auth.signing_key,
+            auth.algorithm,
+            user=args.user,
+            projects=None if args.all_projects else args.projects,
+            permissions=args.permissions or ("subscribe", "query"),
+            ttl=args.ttl,
+            session=args.session,
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+        )
+    )
+    return 0
 
 
 if __name__ == "__main__":

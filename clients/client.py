@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -69,13 +70,19 @@ class ObservatoryClient:
         self,
         url: str = "ws://127.0.0.1:8080/",
         *,
+        token: str | None = None,
+        token_via: str = "header",
         client_info: Mapping[str, str] | None = None,
         request_timeout: float = 10.0,
         max_queued_events: int = 100_000,
         heartbeat_interval: float = 30.0,
         heartbeat_timeout: float = 10.0,
     ) -> None:
+        if token_via not in ("header", "subprotocol", "query"):
+            raise ValueError("token_via must be header, subprotocol or query")
         self.url = url
+        self.token = token
+        self.token_via = token_via
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.client_info = dict(client_info) if client_info else None
@@ -103,10 +110,12 @@ class ObservatoryClient:
         loop = asyncio.get_running_loop()
         self._connected = loop.create_future()
         self.close_code = self.close_reason = None
+        url, headers = self._authenticated()
         transport, _ = await asyncio.wait_for(
             ws_connect(
                 lambda: _Listener(self),
-                self.url,
+                url,
+                extra_headers=headers,
                 websocket_handshake_timeout=timeout,
                 # A server silent this long is pinged; no pong in time and the connection is closed.
                 enable_auto_ping=True,
@@ -123,6 +132,23 @@ class ObservatoryClient:
             transport.disconnect(graceful=False)
             raise
         return self.info
+
+    def _authenticated(self) -> tuple[str, dict[str, str]]:
+        """The URL and headers carrying the token; the header keeps it out of access logs."""
+        if self.token is None:
+            return self.url, {}
+        if self.token_via == "header":
+            return self.url, {"Authorization": f"Bearer {self.token}"}
+        if self.token_via == "subprotocol":
+            return self.url, {"Sec-WebSocket-Protocol": f"bearer, {self.token}"}
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}{urlencode({'token': self.token})}", {}
+
+    async def refresh_token(self, token: str) -> dict[str, Any]:
+        """Hand the server a newer token before the current one expires (else it closes with 4001)."""
+        reply = await self.request("refresh_token", {"token": token})
+        self.token = token
+        return dict(reply["data"])
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         transport = self._transport

@@ -50,6 +50,45 @@ class Settings:
     )
     log_level: str = _option("INFO", "LOG_LEVEL", "Logging level.", choices=LOG_LEVELS)
 
+    auth: bool = _option(
+        True,
+        "OBSERVATORY_AUTH",
+        "Require a JWT on every connection. Off is allowed on a loopback address, or with --insecure.",
+    )
+    insecure: bool = _option(
+        False, "OBSERVATORY_INSECURE", "Allow auth=false on a non-loopback address (logged at every start)."
+    )
+    jwt_secret: str = _option(
+        "",
+        "OBSERVATORY_JWT_SECRET",
+        "Shared HS256 secret. Empty, with no key file either: one is generated in the user's config "
+        "directory on first start.",
+    )
+    jwt_secret_file: str = _option("", "OBSERVATORY_JWT_SECRET_FILE", "File holding the shared HS256 secret.")
+    jwt_public_key_file: str = _option(
+        "", "OBSERVATORY_JWT_PUBLIC_KEY_FILE", "PEM public key for RS256/ES256 tokens (instead of a secret)."
+    )
+    jwt_algorithms: str = _option(
+        "",
+        "OBSERVATORY_JWT_ALGORITHMS",
+        "Comma-separated accepted algorithms; empty: HS256 with a secret, RS256,ES256 with a public key.",
+    )
+    jwt_audience: str = _option("", "OBSERVATORY_JWT_AUDIENCE", "Required aud claim (not checked if empty).")
+    jwt_issuer: str = _option("", "OBSERVATORY_JWT_ISSUER", "Required iss claim (not checked if empty).")
+    jwt_leeway: float = _option(
+        30.0,
+        "OBSERVATORY_JWT_LEEWAY",
+        "Seconds of clock skew allowed on exp, nbf and iat.",
+        low=0.0,
+        high=3600.0,
+    )
+    allowed_origins: str = _option(
+        "",
+        "ALLOWED_ORIGINS",
+        "Comma-separated browser origins allowed to connect; empty: only the server's own host; * any. "
+        "Clients sending no Origin (non-browser) are always allowed.",
+    )
+
     ingest_endpoint: str = _option(
         "tcp://127.0.0.1:5557", "OBSERVATORY_INGEST", "ZeroMQ PULL endpoint the ingest binds for producers."
     )

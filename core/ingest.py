@@ -48,6 +48,17 @@ class Published:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An instruction for the workers, never delivered to clients (``revoke_session {sid}``)."""
+
+    kind: str
+    payload: bytes
+
+
+REVOKE_SESSION = "revoke_session"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -111,7 +122,7 @@ class IngestPipeline:
         self.max_event_bytes = max_event_bytes
         self.seq = 0
 
-    def accept(self, frame: bytes, now_ms: int) -> Published | Rejected:
+    def accept(self, frame: bytes, now_ms: int) -> Published | Control | Rejected:
         if len(frame) > self.max_event_bytes:
             return Rejected(f"frame of {len(frame)} bytes exceeds max_event_bytes ({self.max_event_bytes})")
         try:
@@ -128,6 +139,12 @@ class IngestPipeline:
         data = message.get("data")
         if not isinstance(data, dict):
             return Rejected("data must be a JSON object")
+        if type_ == REVOKE_SESSION:
+            sid = _short_string(data.get("sid"))
+            if sid is None:
+                return Rejected(f"revoke_session needs data.sid, a string of 1 to {MAX_ROUTING_STRING} chars")
+            self.state.revoke(sid)
+            return Control(REVOKE_SESSION, orjson.dumps({"sid": sid}))
         timestamp = message.get("timestamp")
         if timestamp is None:
             timestamp = now_ms

@@ -33,6 +33,7 @@ class ErrorCode:
     RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
     QUERY_TIMEOUT = "QUERY_TIMEOUT"
     QUERY_FAILED = "QUERY_FAILED"
+    UNAUTHORIZED = "UNAUTHORIZED"
 
 
 class CloseCode:
@@ -44,6 +45,8 @@ class CloseCode:
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    TOKEN_EXPIRED = 4001
+    SESSION_REVOKED = 4003
 
 
 # RFC 6455 section 7.4.1: these codes report what happened locally and are never sent in a frame.
@@ -116,14 +119,22 @@ class GetProjectActivity:
     request_id: RequestId = None
 
 
-Request = Subscribe | Unsubscribe | Ping | GetActiveConversations | GetProjectActivity
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    token: str
+    request_id: RequestId = None
+
+
+Request = Subscribe | Unsubscribe | Ping | GetActiveConversations | GetProjectActivity | RefreshToken
 CLIENT_MESSAGE_TYPES = (
     "subscribe",
     "unsubscribe",
     "ping",
     "get_active_conversations",
     "get_project_activity",
+    "refresh_token",
 )
+MAX_TOKEN_CHARS = 8192
 
 
 def _is_int(value: Any) -> bool:
@@ -247,12 +258,20 @@ def _parse_project_activity(data: dict[str, Any], request_id: RequestId, _: int)
     return GetProjectActivity(project_id, start, end, request_id)
 
 
+def _parse_refresh_token(data: dict[str, Any], request_id: RequestId, _: int) -> Request | ProtocolError:
+    token = data.get("token")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        return _invalid(f"token must be a non-empty string of at most {MAX_TOKEN_CHARS} chars", request_id)
+    return RefreshToken(token, request_id)
+
+
 _PARSERS = {
     "subscribe": _parse_subscribe,
     "unsubscribe": _parse_unsubscribe,
     "ping": _parse_ping,
     "get_active_conversations": _parse_active_conversations,
     "get_project_activity": _parse_project_activity,
+    "refresh_token": _parse_refresh_token,
 }
 
 

@@ -15,7 +15,12 @@ import orjson
 from core.protocol import GetActiveConversations, GetProjectActivity
 from core.state import LiveState
 
-REPLY_TYPES = {"active_conversations": "active_conversations", "project_activity": "project_activity"}
+REPLY_TYPES = {
+    "active_conversations": "active_conversations",
+    "project_activity": "project_activity",
+    "revoked_sessions": "revoked_sessions",
+}
+REVOKED_SESSIONS_QUERY = orjson.dumps({"query": "revoked_sessions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +34,18 @@ class QueryFailure:
     message: str
 
 
-def encode_query(request: GetActiveConversations | GetProjectActivity) -> bytes:
+def encode_query(
+    request: GetActiveConversations | GetProjectActivity, within: frozenset[int] | None = None
+) -> bytes:
+    """``within``: the only projects the asking connection may see (None: all of them)."""
     if isinstance(request, GetActiveConversations):
         return orjson.dumps(
-            {"query": "active_conversations", "projectId": request.project_id, "limit": request.limit}
+            {
+                "query": "active_conversations",
+                "projectId": request.project_id,
+                "limit": request.limit,
+                "within": None if within is None else sorted(within),
+            }
         )
     return orjson.dumps(
         {
@@ -63,8 +76,20 @@ def answer_query(state: LiveState, raw: bytes, now_ms: float) -> bytes:
     try:
         query = orjson.loads(raw)
         kind = query["query"]
-        if kind == "active_conversations":
-            data = state.active_conversations(_optional_project(query["projectId"]), int(query["limit"]))
+        if kind == "revoked_sessions":
+            data = {"sessions": list(state.revoked)}
+        elif kind == "active_conversations":
+            within = query.get("within")
+            if within is not None and not (
+                isinstance(within, list)
+                and all(isinstance(p, int) and not isinstance(p, bool) for p in within)
+            ):
+                return malformed
+            data = state.active_conversations(
+                _optional_project(query["projectId"]),
+                int(query["limit"]),
+                None if within is None else frozenset(within),
+            )
         elif kind == "project_activity":
             project_id = _optional_project(query["projectId"])
             if project_id is None:

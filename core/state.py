@@ -12,6 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_REVOKED_SESSIONS = 100_000
+
 
 @dataclass(slots=True)
 class Conversation:
@@ -70,6 +72,14 @@ class LiveState:
         self.project_names: OrderedDict[int, str] = OrderedDict()
         self._activity: dict[int, _ProjectActivity] = {}
         self._swept_bucket = 0
+        # Revoked token sessions, so that a worker that starts later still refuses them.
+        self.revoked: OrderedDict[str, None] = OrderedDict()
+
+    def revoke(self, session_id: str) -> None:
+        self.revoked[session_id] = None
+        self.revoked.move_to_end(session_id)
+        while len(self.revoked) > MAX_REVOKED_SESSIONS:
+            self.revoked.popitem(last=False)
 
     def route_of(self, conversation_id: str) -> ConversationRoute | None:
         return self.routes.get(conversation_id)
@@ -192,10 +202,15 @@ class LiveState:
             if not buckets:
                 del self._activity[project_id]
 
-    def active_conversations(self, project_id: int | None, limit: int) -> dict[str, Any]:
-        # Most recently active first: walk the ordered dict from its end.
+    def active_conversations(
+        self, project_id: int | None, limit: int, within: frozenset[int] | None = None
+    ) -> dict[str, Any]:
+        """Most recently active first; ``within`` restricts to those projects (a scoped token)."""
         selected = [
-            c for c in reversed(self.active.values()) if project_id is None or c.project_id == project_id
+            c
+            for c in reversed(self.active.values())
+            if (project_id is None or c.project_id == project_id)
+            and (within is None or c.project_id in within)
         ]
         return {
             "conversations": [c.to_json() for c in selected[:limit]],

@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="load processes holding the clients")
     parser.add_argument("--workers", type=int, default=2, help="server workers (when starting one)")
     parser.add_argument("--url", help="target a running server instead of starting one")
+    parser.add_argument("--token", help="a token for that server (with --url; see 'observatory token')")
     parser.add_argument("--ingest", default="tcp://127.0.0.1:5557", help="its producer endpoint (with --url)")
     parser.add_argument("--server-pid", type=int, help="its supervisor pid, for CPU and RSS (with --url)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.url:
         url, ingest, pid = args.url, args.ingest, args.server_pid or os.getpid()
+        if args.token:
+            url += ("&" if "?" in url else "?") + "token=" + args.token
     else:
         from tests.harness import start_server
 
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=max(args.clients * 2, 1000),
             log_level="WARNING",
         )
-        url, ingest, pid = server.url, server.ingest_endpoint, server.proc.pid
+        url, ingest, pid = server.url_with_token(), server.ingest_endpoint, server.proc.pid
     try:
         result = run(args, url, ingest, pid)
     finally:

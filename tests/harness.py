@@ -18,9 +18,11 @@ from typing import Any
 import psutil
 
 from clients import ObservatoryClient, Producer
+from core.auth import mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT = 20.0
+TEST_SECRET = "observatory-test-secret-that-is-long-enough-for-hs256"
 
 
 def free_ports(count: int) -> list[int]:
@@ -45,10 +47,36 @@ class ServerProcess:
     workers: int
     log_path: Path
     producers: list[Producer] = field(default_factory=list)
+    secret: str | None = TEST_SECRET
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
+
+    def token(self, projects: list[int] | None = None, **claims: Any) -> str:
+        """A token for this server: every project and permission unless told otherwise."""
+        assert self.secret is not None, "this server runs without authentication"
+        return mint_token(
+            self.secret,
+            "HS256",
+            user=claims.pop("user", "tester"),
+            projects=projects,
+            permissions=claims.pop("permissions", ("admin",)),
+            ttl=claims.pop("ttl", 3600),
+            **claims,
+        )
+
+    def client(self, **options: Any) -> ObservatoryClient:
+        """A client that authenticates with an all-powerful token (or ``token=`` given)."""
+        if self.secret is not None:
+            options.setdefault("token", self.token())
+        return ObservatoryClient(self.url, **options)
+
+    def authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"} if self.secret else {}
+
+    def url_with_token(self) -> str:
+        return f"{self.url}?token={self.token()}" if self.secret else self.url
 
     def producer(self) -> Producer:
         producer = Producer(self.ingest_endpoint, send_timeout=5.0, linger=1.0)
@@ -92,7 +120,9 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def spawn(tmp_path: Path, workers: int = 2, **options: Any) -> tuple[ServerProcess, list[str]]:
+def spawn(
+    tmp_path: Path, workers: int = 2, env: dict[str, str] | None = None, **options: Any
+) -> tuple[ServerProcess, list[str]]:
     port, ingest, bus, query = free_ports(4)
     flags = {
         "port": port,
@@ -114,9 +144,17 @@ def spawn(tmp_path: Path, workers: int = 2, **options: Any) -> tuple[ServerProce
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "OBSERVATORY_JWT_SECRET": TEST_SECRET,
+                # Never the real home: a first start would write its generated secret there.
+                "XDG_CONFIG_HOME": str(tmp_path / "config"),
+                **(env or {}),
+            },
         )
-    server = ServerProcess(proc, port, str(flags["ingest_endpoint"]), workers, log_path)
+    secret = None if str(flags.get("auth", "true")).lower() in ("false", "off", "0", "no") else TEST_SECRET
+    server = ServerProcess(proc, port, str(flags["ingest_endpoint"]), workers, log_path, secret=secret)
     return server, argv
 
 
@@ -140,7 +178,7 @@ async def wait_ready(server: ServerProcess, timeout: float = BOOT_TIMEOUT) -> No
                 raise RuntimeError(f"observatory exited with {server.proc.returncode}")
             if time.monotonic() > deadline:
                 raise TimeoutError("workers did not all come up")
-            client = ObservatoryClient(server.url)
+            client = server.client()
             try:
                 info = await client.connect(timeout=2.0)
             except Exception:  # not listening yet, or closed mid-handshake
@@ -200,8 +238,8 @@ async def collect_until(
             seen.append(message)
 
 
-async def connect_all(url: str, count: int) -> list[ObservatoryClient]:
-    clients = [ObservatoryClient(url) for _ in range(count)]
+async def connect_all(server: ServerProcess, count: int) -> list[ObservatoryClient]:
+    clients = [server.client() for _ in range(count)]
     await asyncio.gather(*(c.connect() for c in clients))
     return clients
 

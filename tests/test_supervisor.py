@@ -14,8 +14,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clients import ObservatoryClient
-from tests.harness import ROOT, ServerProcess, free_ports, next_event, spawn, start_server, wait_ready
+from tests.harness import (
+    ROOT,
+    TEST_SECRET,
+    ServerProcess,
+    free_ports,
+    next_event,
+    spawn,
+    start_server,
+    wait_ready,
+)
 
 
 def wait_until(condition: object, timeout: float, what: str) -> None:
@@ -46,7 +54,7 @@ def own_server(tmp_path: Path) -> ServerProcess:
 
 
 async def test_sigterm_tells_clients_closes_1001_and_leaves_no_child(own_server: ServerProcess) -> None:
-    clients = [ObservatoryClient(own_server.url) for _ in range(6)]
+    clients = [own_server.client() for _ in range(6)]
     await asyncio.gather(*(c.connect() for c in clients))
     children = own_server.children()
     assert len(children) == 3
@@ -148,7 +156,13 @@ def test_config_file_env_and_flags_layer(tmp_path: Path) -> None:
     port, ingest, bus, query = free_ports(4)
     config = tmp_path / "observatory.toml"
     config.write_text(f'port = 1\nworkers = 1\ningest_endpoint = "tcp://127.0.0.1:{ingest}"\n')
-    env = {**os.environ, "OBSERVATORY_BUS": f"tcp://127.0.0.1:{bus}", "WS_PORT": "2"}
+    env = {
+        **os.environ,
+        "OBSERVATORY_BUS": f"tcp://127.0.0.1:{bus}",
+        "WS_PORT": "2",
+        "OBSERVATORY_JWT_SECRET": TEST_SECRET,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
     argv = [
         sys.executable,
         str(ROOT / "supervisor.py"),

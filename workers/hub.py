@@ -14,10 +14,25 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import orjson
 import zmq
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from core.auth import (
+    ANONYMOUS,
+    BEARER_PROTOCOL,
+    Principal,
+    Refused,
+    Unauthorized,
+    credentials_from,
+    may_refresh,
+    origin_allowed,
+    parse_origins,
+    scope_filters,
+    scope_query,
+)
 from core.config import Settings
+from core.filters import SubscriptionFilters
 from core.index import SubscriptionIndex
 from core.protocol import (
     CloseCode,
@@ -27,6 +42,7 @@ from core.protocol import (
     GetProjectActivity,
     Ping,
     ProtocolError,
+    RefreshToken,
     RequestId,
     Subscribe,
     Unsubscribe,
@@ -35,16 +51,20 @@ from core.protocol import (
     encode_message,
     parse_client_message,
 )
-from core.queries import QueryAnswer, decode_answer, encode_query
+from core.queries import REVOKED_SESSIONS_QUERY, QueryAnswer, decode_answer, encode_query
 from core.routing import RoutingHeader
+from workers.keys import AuthSetup
 from workers.session import ClientSession
 from workers.zmqio import drain_batch
 
 log = logging.getLogger("observatory.worker")
 
+CONTROL_FRAME = b"control"
 BUS_BATCH = 256
 QUERY_BATCH = 256
 RECONNECT_AFTER_MS = 5000  # the specification's value
+MAX_REMEMBERED_REVOCATIONS = 100_000
+REVOKED_QUERY_ID = b"revoked-sessions"
 
 
 def now_ms() -> int:
@@ -63,11 +83,17 @@ class Hub:
         self,
         settings: Settings,
         worker_id: int,
+        auth: AuthSetup,
         context: zmq.Context[zmq.Socket[bytes]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
+        self.auth = auth
+        self.allowed_origins = parse_origins(settings.allowed_origins)
+        # Connections by token session, so a revocation closes them without scanning every client.
+        self.by_session: dict[str, set[ClientSession]] = {}
+        self.revoked: dict[str, None] = {}
         self.loop = loop
         self.clients: dict[str, ClientSession] = {}
         self.index: SubscriptionIndex[ClientSession] = SubscriptionIndex()
@@ -91,6 +117,10 @@ class Hub:
         self.loop.add_reader(self.bus.FD, self._on_bus)
         self.loop.add_reader(self.queries.FD, self._on_answers)
         self.loop.call_soon(self._on_bus)
+        if self.auth.verifier is not None:
+            # Sessions revoked before this worker started; later ones arrive on the bus.
+            self.queries.send_multipart((REVOKED_QUERY_ID, REVOKED_SESSIONS_QUERY))
+            self.loop.call_soon(self._on_answers)
 
     def detach(self) -> None:
         self.loop.remove_reader(self.bus.FD)
@@ -102,11 +132,29 @@ class Hub:
 
     def listener_for(self, request: WSUpgradeRequest) -> ClientSession | WSUpgradeResponseWithListener:
         """picows' listener factory: admit the handshake or answer it with an HTTP status."""
+        headers = request.headers
+        if not origin_allowed(headers.get("Origin"), headers.get("Host"), self.allowed_origins):
+            return _refuse(403, b"origin not allowed\n")
+        credentials = credentials_from(request.path, headers)
+        principal: Principal | Refused = ANONYMOUS
+        if self.auth.verifier is not None:
+            principal = self.auth.verifier.verify(credentials.token, time.time())
+            if isinstance(principal, Refused):
+                return _refuse(
+                    principal.status, principal.reason.encode() + b"\n", {"WWW-Authenticate": "Bearer"}
+                )
+            if principal.session is not None and principal.session in self.revoked:
+                return _refuse(401, b"session revoked\n", {"WWW-Authenticate": "Bearer"})
         if self.draining:
             return _refuse(503, b"server is shutting down\n")
         if len(self.clients) >= self.capacity:
             return _refuse(503, b"server at connection capacity\n")
-        return ClientSession(self, f"{self._id_prefix}{next(self._ids):x}")
+        session = ClientSession(self, f"{self._id_prefix}{next(self._ids):x}", principal)
+        if credentials.via_subprotocol:
+            # The browser offered "bearer, <token>": answer with the protocol only, never the token.
+            accept = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": BEARER_PROTOCOL})
+            return WSUpgradeResponseWithListener(accept, session)
+        return session
 
     def on_connected(self, client: ClientSession) -> None:
         self.clients[client.id] = client
@@ -124,11 +172,35 @@ class Hub:
             "limits": limits,
         }
         client.send(encode_message("connection_established", data, now_ms()))
-        log.debug("client %s connected from %s", client.id, client.peer())
+        session_id = client.principal.session
+        if session_id is not None:
+            self.by_session.setdefault(session_id, set()).add(client)
+        self._arm_expiry(client)
+        log.debug("client %s (%s) connected from %s", client.id, client.principal.user, client.peer())
+
+    def _arm_expiry(self, client: ClientSession) -> None:
+        if client.expiry is not None:
+            client.expiry.cancel()
+            client.expiry = None
+        expires_at = client.principal.expires_at
+        if expires_at is not None and self.auth.verifier is not None:
+            delay = max(expires_at - time.time(), 0.0)
+            client.expiry = self.loop.call_later(
+                delay, client.close, Disconnect(CloseCode.TOKEN_EXPIRED, "token expired")
+            )
 
     def on_disconnected(self, client: ClientSession) -> None:
         if self.clients.pop(client.id, None) is None:
             return
+        if client.expiry is not None:
+            client.expiry.cancel()
+        session_id = client.principal.session
+        if session_id is not None:
+            peers = self.by_session.get(session_id)
+            if peers is not None:
+                peers.discard(client)
+                if not peers:
+                    del self.by_session[session_id]
         for key in client.subscription_keys:
             self.index.unsubscribe(client, key)
         client.subscription_keys.clear()
@@ -145,11 +217,24 @@ class Hub:
         match = self.index.match
         for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
             if len(frames) != 2:
-                log.warning("ignoring a bus message of %d frames", len(frames))
+                self._on_control(frames)
                 continue
             payload = frames[1]
             for client in match(RoutingHeader.decode(frames[0])):
                 client.send(payload)
+
+    def _on_control(self, frames: list[bytes]) -> None:
+        if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"revoke_session":
+            self.revoke(orjson.loads(frames[2])["sid"])
+        else:
+            log.warning("ignoring a bus message of %d frames", len(frames))
+
+    def revoke(self, session_id: str) -> None:
+        self.revoked[session_id] = None
+        if len(self.revoked) > MAX_REMEMBERED_REVOCATIONS:
+            del self.revoked[next(iter(self.revoked))]
+        for client in list(self.by_session.get(session_id, ())):
+            client.close(Disconnect(CloseCode.SESSION_REVOKED, "session revoked"))
 
     # --- client messages ------------------------------------------------------------------------
 
@@ -177,14 +262,25 @@ class Hub:
         elif isinstance(request, Ping):
             data = {"timestamp": now_ms(), "clientTimestamp": request.client_timestamp}
             client.send(encode_message("pong", data, now_ms(), request.request_id))
+        elif isinstance(request, RefreshToken):
+            self._refresh(client, request)
         else:
             self._query(client, request)
 
     def _refuse(self, client: ClientSession, error: ProtocolError) -> None:
         client.send(encode_error(error, now_ms()))
 
+    def _unauthorized(
+        self, client: ClientSession, refusal: Unauthorized, request_id: RequestId, reply: str
+    ) -> None:
+        self._refuse(client, ProtocolError(ErrorCode.UNAUTHORIZED, refusal.message, request_id, reply))
+
     def _subscribe(self, client: ClientSession, request: Subscribe) -> None:
-        key = request.filters.key
+        filters = scope_filters(request.filters, client.principal)
+        if isinstance(filters, Unauthorized):
+            self._unauthorized(client, filters, request.request_id, "subscription_error")
+            return
+        key = filters.key
         if (
             key not in client.subscription_keys
             and len(client.subscription_keys) >= self.settings.max_subscriptions
@@ -199,18 +295,18 @@ class Hub:
                 ),
             )
             return
-        self.index.subscribe(client, request.filters)
+        self.index.subscribe(client, filters)
         client.subscription_keys.add(key)
         if request.client_info is not None:
             client.client_info = request.client_info
-        data = {"subscriptionKey": key, "filters": request.filters.to_json()}
+        data = {"subscriptionKey": key, "filters": filters.to_json()}
         client.send(encode_message("subscription_confirmed", data, now_ms(), request.request_id))
 
     def _unsubscribe(self, client: ClientSession, request: Unsubscribe) -> None:
         if request.subscription_key is None and request.filters is None:
             keys = sorted(client.subscription_keys)
         else:
-            key = request.subscription_key if request.subscription_key is not None else request.filters.key  # type: ignore[union-attr]
+            key = request.subscription_key or self._key_of(client, request.filters)
             if key not in client.subscription_keys:
                 self._refuse(
                     client,
@@ -229,12 +325,46 @@ class Hub:
         data = {"subscriptionKeys": keys, "remaining": len(client.subscription_keys)}
         client.send(encode_message("unsubscription_confirmed", data, now_ms(), request.request_id))
 
+    @staticmethod
+    def _key_of(client: ClientSession, filters: SubscriptionFilters | None) -> str:
+        """The key the same filters were confirmed under: narrowed to the token's projects first."""
+        scoped = scope_filters(filters or SubscriptionFilters(), client.principal)
+        return "" if isinstance(scoped, Unauthorized) else scoped.key
+
+    def _refresh(self, client: ClientSession, request: RefreshToken) -> None:
+        verifier = self.auth.verifier
+        candidate = verifier.verify(request.token, time.time()) if verifier is not None else ANONYMOUS
+        if isinstance(candidate, Refused) or not may_refresh(client.principal, candidate):
+            reason = candidate.reason if isinstance(candidate, Refused) else "not a newer token for this user"
+            self._refuse(client, ProtocolError(ErrorCode.UNAUTHORIZED, reason, request.request_id))
+            return
+        if candidate.session is not None and candidate.session in self.revoked:
+            self._refuse(client, ProtocolError(ErrorCode.UNAUTHORIZED, "session revoked", request.request_id))
+            return
+        client.principal = candidate
+        self._arm_expiry(client)
+        # A narrower token keeps only the subscriptions it still allows.
+        dropped = [
+            key
+            for key in sorted(client.subscription_keys)
+            if (filters := self.index.filters_of(key)) is None or scope_filters(filters, candidate) != filters
+        ]
+        for key in dropped:
+            self.index.unsubscribe(client, key)
+            client.subscription_keys.discard(key)
+        data = {"expiresAt": candidate.expires_at, "droppedSubscriptions": dropped}
+        client.send(encode_message("token_refreshed", data, now_ms(), request.request_id))
+
     # --- queries to the ingest --------------------------------------------------------------------
 
     def _query(self, client: ClientSession, request: GetActiveConversations | GetProjectActivity) -> None:
+        within = scope_query(request.project_id, client.principal)
+        if isinstance(within, Unauthorized):
+            self._unauthorized(client, within, request.request_id, "error")
+            return
         query_id = next(self._query_ids).to_bytes(8, "little")
         try:
-            self.queries.send_multipart((query_id, encode_query(request)), zmq.NOBLOCK)
+            self.queries.send_multipart((query_id, encode_query(request, within)), zmq.NOBLOCK)
         except zmq.ZMQError:
             self._refuse(
                 client,
@@ -261,6 +391,12 @@ class Hub:
     def _on_answers(self) -> None:
         for frames in drain_batch(self.queries, QUERY_BATCH, self._on_answers):
             if len(frames) != 2:
+                continue
+            if frames[0] == REVOKED_QUERY_ID:
+                answer = decode_answer(frames[1])
+                if isinstance(answer, QueryAnswer):
+                    for session_id in answer.data.get("sessions", ()):
+                        self.revoke(session_id)
                 continue
             pending = self.pending.pop(frames[0], None)
             if pending is None:
@@ -294,5 +430,5 @@ class Hub:
             await asyncio.sleep(0.02)
 
 
-def _refuse(status: int, body: bytes) -> WSUpgradeResponseWithListener:
-    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body), None)
+def _refuse(status: int, body: bytes, headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body, headers), None)

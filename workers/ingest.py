@@ -17,7 +17,7 @@ import zmq
 
 from core.config import Settings
 from core.errors import BootError
-from core.ingest import IngestPipeline, Published
+from core.ingest import Control, IngestPipeline, Published
 from core.queries import answer_query
 from core.ratelimit import TokenBucket
 from core.state import LiveState
@@ -84,12 +84,17 @@ class Ingest:
                 continue
             outcome = self.pipeline.accept(frames[0], int(time.time() * 1000))
             if isinstance(outcome, Published):
-                try:
-                    self.pub.send_multipart((outcome.header.encode(), outcome.payload), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # PUB never blocks; at the high-water mark ZeroMQ drops for slow subscribers
+                message: tuple[bytes, ...] = (outcome.header.encode(), outcome.payload)
+            elif isinstance(outcome, Control):
+                # Three frames: workers tell control from events by the count, clients never see it.
+                message = (b"control", outcome.kind.encode(), outcome.payload)
             else:
                 self._reject(outcome.reason)
+                continue
+            try:
+                self.pub.send_multipart(message, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # PUB never blocks; at the high-water mark ZeroMQ drops for slow subscribers
 
     def _reject(self, reason: str) -> None:
         self.rejected += 1

@@ -6,11 +6,13 @@ answers the close handshake. Everything the connection *means* lives in the hub 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from core.auth import Principal
 from core.protocol import ClientInfo, CloseCode, Disconnect, close_echo_code
 from core.ratelimit import TokenBucket
 
@@ -21,9 +23,11 @@ TEXT = WSMsgType.TEXT
 
 
 class ClientSession(WSListener):
-    def __init__(self, hub: Hub, client_id: str) -> None:
+    def __init__(self, hub: Hub, client_id: str, principal: Principal) -> None:
         self.hub = hub
         self.id = client_id
+        self.principal = principal
+        self.expiry: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
         self.subscription_keys: set[str] = set()
         self.client_info: ClientInfo | None = None

@@ -13,6 +13,7 @@ from core.config import Settings
 from core.errors import BootError
 from workers.child import Liveness
 from workers.hub import Hub
+from workers.keys import AuthSetup
 
 log = logging.getLogger("observatory.worker")
 
@@ -20,13 +21,13 @@ LISTEN_BACKLOG = 4096
 DRAIN_GRACE = 2.0
 
 
-async def serve(settings: Settings, worker_id: int, beat_fd: int, parent_pid: int) -> None:
+async def serve(settings: Settings, auth: AuthSetup, worker_id: int, beat_fd: int, parent_pid: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    hub = Hub(settings, worker_id, context, loop)
+    hub = Hub(settings, worker_id, auth, context, loop)
     try:
         server = await ws_create_server(
             hub.listener_for,

@@ -13,7 +13,7 @@ from tests.harness import ServerProcess
 
 
 async def test_connect_and_close_change_is_connected(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     assert not client.is_connected
     info = await client.connect()
     assert client.is_connected and client.info == info
@@ -25,7 +25,7 @@ async def test_connect_and_close_change_is_connected(server: ServerProcess) -> N
 
 
 async def test_callbacks_by_type_wildcard_and_async(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     typed: list[dict[str, Any]] = []
     everything: list[str] = []
     awaited = asyncio.Event()
@@ -47,7 +47,7 @@ async def test_callbacks_by_type_wildcard_and_async(server: ServerProcess) -> No
 
 
 async def test_events_iterator_ends_when_the_connection_closes(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"eventTypes": ["iter_event"]})
     server.producer().publish("iter_event", {})
@@ -60,7 +60,7 @@ async def test_events_iterator_ends_when_the_connection_closes(server: ServerPro
 
 
 async def test_error_replies_raise_client_error_with_the_code(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     with pytest.raises(ClientError) as invalid:
         await client.subscribe({"messageTypes": ["robot"]})
@@ -73,7 +73,7 @@ async def test_error_replies_raise_client_error_with_the_code(server: ServerProc
 
 
 async def test_requests_after_close_raise_connection_closed(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.close()
     with pytest.raises(ConnectionClosedError):

@@ -32,7 +32,7 @@ def test_every_option_has_a_unique_env_var_and_flag() -> None:
         assert spec.env and spec.env == spec.env.upper()
         assert spec.flag == "--" + spec.name.replace("_", "-")
         assert spec.help
-        assert spec.kind in (str, int, float)
+        assert spec.kind in (str, int, float, bool)
     assert {spec.name for spec in OPTIONS} == {f.name for f in dataclasses.fields(Settings)}
 
 
@@ -259,3 +259,25 @@ def test_heartbeat_timeout_may_not_exceed_the_interval(env: dict[str, str], ok: 
     else:
         with pytest.raises(ConfigError, match=r"heartbeat_timeout .* must not exceed heartbeat_interval"):
             load_settings(env=env)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("true", True),
+        ("ON", True),
+        ("1", True),
+        ("yes", True),
+        ("false", False),
+        ("off", False),
+        ("0", False),
+    ],
+)
+def test_bool_options_from_text(text: str, expected: bool) -> None:
+    assert load_settings(env={"OBSERVATORY_AUTH": text}).auth is expected
+    assert load_settings(flags={"auth": text}).auth is expected
+
+
+def test_bool_option_rejects_other_words() -> None:
+    with pytest.raises(ConfigError, match=r"auth .from OBSERVATORY_AUTH.: 'maybe' is not true or false"):
+        load_settings(env={"OBSERVATORY_AUTH": "maybe"})

@@ -147,7 +147,7 @@ def test_valid_messages(message: Any, expected: Any) -> None:
 
 def test_every_client_message_type_has_a_parser() -> None:
     for kind in CLIENT_MESSAGE_TYPES:
-        data = {"filters": {}} if kind == "subscribe" else {"projectId": 1}
+        data = {"filters": {}} if kind == "subscribe" else {"projectId": 1, "token": "t"}
         result = parse({"type": kind, "data": data})
         assert not isinstance(result, ProtocolError), (kind, result)
 

@@ -8,7 +8,6 @@ import orjson
 import pytest
 import zmq
 
-from clients import ObservatoryClient
 from tests.harness import ServerProcess, collect_until
 
 SECRET = "do-not-log-this-payload"
@@ -35,7 +34,7 @@ BAD_FRAMES: list[tuple[str, list[bytes]]] = [
 async def test_invalid_message_is_dropped_and_the_next_valid_one_arrives(
     server: ServerProcess, frames: list[bytes]
 ) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"eventTypes": ["ingest_ok", "ingest_end"]})
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -66,7 +65,7 @@ async def test_rejections_are_logged_without_the_payload(server: ServerProcess) 
 
 
 async def test_sequence_numbers_are_consecutive_across_producers(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"eventTypes": ["seq_check", "seq_end"]})
     producers = [server.producer() for _ in range(3)]

@@ -16,7 +16,6 @@ import pytest
 import websockets
 from picows import WSCloseCode, WSListener, ws_connect
 
-from clients import ObservatoryClient
 from core.errors import ClientError
 from tests.harness import ServerProcess, close_all, collect_until, connect_all, next_event, start_server
 
@@ -24,7 +23,7 @@ from tests.harness import ServerProcess, close_all, collect_until, connect_all, 
 
 
 async def test_connection_established_carries_client_id_and_server_time(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     info = await client.connect()
     assert info["clientId"]
     assert abs(info["serverTime"] - time.time() * 1000) < 1000
@@ -35,7 +34,7 @@ async def test_connection_established_carries_client_id_and_server_time(server: 
 
 
 async def test_subscribed_client_receives_broadcast_message_added_intact(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"projectIds": [101], "eventTypes": ["message_added"]})
     data = {
@@ -53,7 +52,7 @@ async def test_subscribed_client_receives_broadcast_message_added_intact(server:
 
 
 async def test_fifty_concurrent_clients_all_receive_one_broadcast(server: ServerProcess) -> None:
-    clients = await connect_all(server.url, 50)
+    clients = await connect_all(server, 50)
     await asyncio.gather(*(c.subscribe({"eventTypes": ["test_event_fifty"]}) for c in clients))
     server.producer().publish("test_event_fifty", {"message": "Performance test"})
     events = await asyncio.gather(*(next_event(c, "test_event_fifty", 5) for c in clients))
@@ -63,7 +62,7 @@ async def test_fifty_concurrent_clients_all_receive_one_broadcast(server: Server
 
 
 async def test_project_filter_delivers_exactly_the_project_events(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"projectIds": [1], "eventTypes": ["message_added"]})
     await client.subscribe({"eventTypes": ["sentinel_project_filter"]})
@@ -77,7 +76,7 @@ async def test_project_filter_delivers_exactly_the_project_events(server: Server
 
 
 async def test_malformed_json_gets_invalid_message(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     client.send_raw("invalid json")
     error = await next_event(client, "error", 5)
@@ -87,7 +86,7 @@ async def test_malformed_json_gets_invalid_message(server: ServerProcess) -> Non
 
 
 async def test_rapid_pings_hit_the_rate_limit(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     for i in range(200):
         client.send({"type": "ping", "data": {"timestamp": 1}, "requestId": f"p{i}"})
@@ -102,7 +101,7 @@ async def test_rapid_pings_hit_the_rate_limit(server: ServerProcess) -> None:
 
 
 async def test_two_workers_every_client_gets_every_event_in_order_once(server: ServerProcess) -> None:
-    clients = await connect_all(server.url, 24)
+    clients = await connect_all(server, 24)
     workers = {c.info["capabilities"]["worker"] for c in clients if c.info}
     assert workers == {1, 2}, "SO_REUSEPORT should spread 24 connections over both workers"
     await asyncio.gather(*(c.subscribe({"eventTypes": ["ordered", "ordered_end"]}) for c in clients))
@@ -156,7 +155,7 @@ FILTER_CASES: list[tuple[str, dict[str, Any], list[int]]] = [
 async def test_filter_kinds_and_their_combinations(
     server: ServerProcess, filters: dict[str, Any], expected: list[int]
 ) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     confirmed = await client.request("subscribe", {"filters": filters})
     assert confirmed["data"]["filters"] == {k: sorted(v) for k, v in filters.items()}
@@ -172,7 +171,7 @@ async def test_filter_kinds_and_their_combinations(
 
 
 async def test_overlapping_subscriptions_deliver_each_event_once(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"projectIds": [31]})
     await client.subscribe({"eventTypes": ["overlap"]})
@@ -187,7 +186,7 @@ async def test_overlapping_subscriptions_deliver_each_event_once(server: ServerP
 
 
 async def test_resubscribing_the_same_filters_is_idempotent(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     first = await client.subscribe({"projectIds": [2, 1], "eventTypes": ["x"]})
     again = await client.subscribe({"eventTypes": ["x"], "projectIds": [1, 2, 2]})
@@ -197,7 +196,7 @@ async def test_resubscribing_the_same_filters_is_idempotent(server: ServerProces
 
 
 async def test_unsubscribe_by_key_by_filters_and_all(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     by_key = await client.subscribe({"eventTypes": ["unsub_a"]})
     await client.subscribe({"eventTypes": ["unsub_b"]})
@@ -228,7 +227,7 @@ async def test_too_many_subscriptions(tmp_path: Path) -> None:
     # Fifty quick subscribes would hit the default burst of 20 first: this server allows more.
     roomy = await asyncio.to_thread(start_server, tmp_path, 1, message_rate_burst=200)
     try:
-        client = ObservatoryClient(roomy.url)
+        client = roomy.client()
         await client.connect()
         keys = await asyncio.gather(*(client.subscribe({"projectIds": [i]}) for i in range(50)))
         assert len(set(keys)) == 50
@@ -279,7 +278,7 @@ async def test_too_many_subscriptions(tmp_path: Path) -> None:
 async def test_bad_messages_get_their_error_and_the_connection_lives(
     server: ServerProcess, raw: bytes, reply_type: str, code: str
 ) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     client.send_raw(raw)
     reply = await next_event(client, reply_type, 5)
@@ -289,7 +288,7 @@ async def test_bad_messages_get_their_error_and_the_connection_lives(
 
 
 async def test_request_id_is_echoed(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     client.send({"type": "ping", "data": {}, "requestId": "abc"})
     client.send({"type": "nope", "requestId": 17})
@@ -302,10 +301,10 @@ async def test_request_id_is_echoed(server: ServerProcess) -> None:
 
 
 async def test_bad_clients_leave_the_others_streams_intact(server: ServerProcess) -> None:
-    good = ObservatoryClient(server.url)
+    good = server.client()
     await good.connect()
     await good.subscribe({"eventTypes": ["intact", "intact_end"]})
-    vandals = await connect_all(server.url, 4)
+    vandals = await connect_all(server, 4)
     producer = server.producer()
     for i in range(100):
         producer.publish("intact", {"i": i})
@@ -317,7 +316,9 @@ async def test_bad_clients_leave_the_others_streams_intact(server: ServerProcess
                 vandal.send_raw(b"\x00\x01", binary=True)
             else:
                 vandal.send_raw(b'{"type": "subscribe", "data": {"filters": 5}}')
-    async with websockets.connect(server.url, max_size=None) as oversized:
+    async with websockets.connect(
+        server.url, max_size=None, additional_headers=server.authorization()
+    ) as oversized:
         await oversized.send("x" * 70_000)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(oversized.recv(), 5)
@@ -329,7 +330,7 @@ async def test_bad_clients_leave_the_others_streams_intact(server: ServerProcess
 
 
 async def test_websockets_library_client_and_fragmented_messages(server: ServerProcess) -> None:
-    async with websockets.connect(server.url) as ws:
+    async with websockets.connect(server.url, additional_headers=server.authorization()) as ws:
         hello = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
         assert hello["type"] == "connection_established"
         request = orjson.dumps(
@@ -344,7 +345,7 @@ async def test_websockets_library_client_and_fragmented_messages(server: ServerP
 
 
 async def test_queries_answer_from_state_built_by_real_events(server: ServerProcess) -> None:
-    client = ObservatoryClient(server.url)
+    client = server.client()
     await client.connect()
     await client.subscribe({"eventTypes": ["sentinel_queries"]})
     producer = server.producer()
@@ -397,10 +398,10 @@ async def test_a_client_that_stops_answering_pings_is_closed(tmp_path: Path) -> 
     quick = await asyncio.to_thread(start_server, tmp_path, 1, heartbeat_interval=0.3, heartbeat_timeout=0.3)
     try:
         started = time.monotonic()
-        transport, _ = await ws_connect(_Mute, quick.url, enable_auto_pong=False)
+        transport, _ = await ws_connect(_Mute, quick.url_with_token(), enable_auto_pong=False)
         await asyncio.wait_for(transport.wait_disconnected(), 10)
         assert time.monotonic() - started < 5
-        healthy = ObservatoryClient(quick.url, heartbeat_interval=0.3, heartbeat_timeout=0.3)
+        healthy = quick.client(heartbeat_interval=0.3, heartbeat_timeout=0.3)
         await healthy.connect()
         await asyncio.sleep(1.5)  # several ping rounds: a client that answers stays connected
         assert healthy.is_connected
@@ -410,7 +411,7 @@ async def test_a_client_that_stops_answering_pings_is_closed(tmp_path: Path) -> 
 
 
 async def test_a_close_without_a_status_code_is_answered_with_1000(server: ServerProcess) -> None:
-    transport, _ = await ws_connect(WSListener, server.url)
+    transport, _ = await ws_connect(WSListener, server.url_with_token())
     transport.send_close(WSCloseCode.NO_INFO)
     await asyncio.wait_for(transport.wait_disconnected(), 5)
     assert transport.close_handshake is not None and transport.close_handshake.recv is not None
