@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ class ServerProcess:
     log_path: Path
     producers: list[Producer] = field(default_factory=list)
     secret: str | None = TEST_SECRET
+    audience: str | None = None
+    issuer: str | None = None
 
     @property
     def url(self) -> str:
@@ -63,6 +65,8 @@ class ServerProcess:
             projects=projects,
             permissions=claims.pop("permissions", ("admin",)),
             ttl=claims.pop("ttl", 3600),
+            audience=self.audience,
+            issuer=self.issuer,
             **claims,
         )
 
@@ -154,7 +158,16 @@ def spawn(
             },
         )
     secret = None if str(flags.get("auth", "true")).lower() in ("false", "off", "0", "no") else TEST_SECRET
-    server = ServerProcess(proc, port, str(flags["ingest_endpoint"]), workers, log_path, secret=secret)
+    server = ServerProcess(
+        proc,
+        port,
+        str(flags["ingest_endpoint"]),
+        workers,
+        log_path,
+        secret=secret,
+        audience=flags.get("jwt_audience"),
+        issuer=flags.get("jwt_issuer"),
+    )
     return server, argv
 
 
@@ -246,3 +259,22 @@ async def connect_all(server: ServerProcess, count: int) -> list[ObservatoryClie
 
 async def close_all(clients: Iterable[ObservatoryClient]) -> None:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def signal_child(server: ServerProcess, name: str, signum: int) -> int:
+    (victim,) = server.pids_named(name)
+    os.kill(victim, signum)
+    return victim
+
+
+def wait_replaced(server: ServerProcess, name: str, victim: int) -> None:
+    wait_until(lambda: server.pids_named(name) not in ([], [victim]), 10, f"a new {name}")

@@ -8,41 +8,26 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import jwt
 import psutil
 import pytest
 
+from clients import ObservatoryClient
 from tests.harness import (
     ROOT,
     TEST_SECRET,
     ServerProcess,
     free_ports,
     next_event,
+    signal_child,
     spawn,
     start_server,
     wait_ready,
+    wait_replaced,
+    wait_until,
 )
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def signal_child(server: ServerProcess, name: str, signum: int) -> int:
-    (victim,) = server.pids_named(name)
-    os.kill(victim, signum)
-    return victim
-
-
-def wait_replaced(server: ServerProcess, name: str, victim: int) -> None:
-    wait_until(lambda: server.pids_named(name) not in ([], [victim]), 10, f"a new {name}")
 
 
 @pytest.fixture
@@ -231,3 +216,98 @@ def test_a_second_server_cannot_steal_live_ipc_endpoints(tmp_path: Path) -> None
         asyncio.run(wait_ready(first))  # the first one still owns its bus
     finally:
         first.stop()
+
+
+def run_observatory(
+    args: list[str], env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "supervisor.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )
+
+
+def test_no_auth_beyond_loopback_needs_insecure(tmp_path: Path) -> None:
+    refused = run_observatory(["--auth", "false", "--host", "0.0.0.0"], {})
+    assert refused.returncode == 2
+    assert "refusing to serve 0.0.0.0 without authentication" in refused.stderr
+    server, _ = spawn(tmp_path, workers=1, auth="false", host="0.0.0.0", insecure="true")
+    try:
+        asyncio.run(wait_ready(server))
+        assert "authentication is OFF" in server.log()
+    finally:
+        server.stop()
+
+
+def test_no_auth_on_loopback_is_allowed_and_said(tmp_path: Path) -> None:
+    server = start_server(tmp_path, workers=1, auth="false")
+    try:
+        assert "authentication is OFF" in server.log()
+    finally:
+        server.stop()
+
+
+def test_first_start_generates_a_private_secret_and_prints_a_working_address(tmp_path: Path) -> None:
+    config_home = tmp_path / "home-config"
+    server, _ = spawn(
+        tmp_path, workers=1, env={"OBSERVATORY_JWT_SECRET": "", "XDG_CONFIG_HOME": str(config_home)}
+    )
+    try:
+        secret_file = config_home / "observatory" / "jwt-secret"
+        wait_until(lambda: "connect with ws://" in server.log(), 15, "the printed address")
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert (secret_file.parent.stat().st_mode & 0o777) == 0o700
+        address = server.log().split("connect with ", 1)[1].split()[0]
+        server.secret = secret_file.read_text().strip()
+        asyncio.run(wait_ready(server))
+
+        async def use(address: str) -> None:
+            client = ObservatoryClient(address)
+            assert (await client.connect())["clientId"]
+            await client.close()
+
+        asyncio.run(use(address))
+        minted = run_observatory(
+            ["token", "--project", "5", "--ttl", "60", "--user", "bob", "--session", "s9"],
+            {"OBSERVATORY_JWT_SECRET": "", "XDG_CONFIG_HOME": str(config_home)},
+        )
+        assert minted.returncode == 0, minted.stderr
+        claims = jwt.decode(minted.stdout.strip(), server.secret, algorithms=["HS256"])
+        assert claims["sub"] == "bob" and claims["projectIds"] == [5] and claims["sid"] == "s9"
+        assert claims["permissions"] == ["query", "subscribe"]
+        assert 55 <= claims["exp"] - claims["iat"] <= 60
+    finally:
+        server.stop()
+
+
+def test_token_command_refuses_without_projects_and_with_a_public_key(tmp_path: Path) -> None:
+    no_projects = run_observatory(["token"], {"OBSERVATORY_JWT_SECRET": TEST_SECRET})
+    assert no_projects.returncode == 2 and "--all-projects" in no_projects.stderr
+    key = tmp_path / "public.pem"
+    key.write_text("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n")
+    public = run_observatory(
+        ["token", "--all-projects"],
+        {"OBSERVATORY_JWT_SECRET": "", "OBSERVATORY_JWT_PUBLIC_KEY_FILE": str(key)},
+    )
+    assert public.returncode == 2 and "public key" in public.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"OBSERVATORY_JWT_SECRET": "short"}, "too short"),
+        (
+            {"OBSERVATORY_JWT_SECRET": TEST_SECRET, "OBSERVATORY_JWT_ALGORITHMS": "RS256"},
+            "cannot be used with",
+        ),
+        ({"OBSERVATORY_JWT_SECRET_FILE": "/nonexistent/secret"}, "cannot read jwt_secret_file"),
+    ],
+    ids=["short-secret", "algorithm-family", "missing-secret-file"],
+)
+def test_bad_key_configuration_is_a_clear_error(env: dict[str, str], expected: str) -> None:
+    result = run_observatory([], {"OBSERVATORY_JWT_SECRET": "", **env})
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
