@@ -30,6 +30,7 @@ from core.errors import BootError, ConfigError
 from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child, set_process_name
 from workers.keys import AuthSetup, load_auth
 from workers.logs import setup_logging
+from workers.shared import SharedCounters
 
 log = logging.getLogger("observatory.supervisor")
 
@@ -69,6 +70,8 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.slots = [Slot("ingest", 0)] + [Slot("worker", i) for i in range(1, self.settings.workers + 1)]
+        # Made before any fork, so every worker maps the same memory.
+        self.counters = SharedCounters(self.settings.workers)
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = os.pipe()
 
@@ -170,8 +173,9 @@ class Supervisor:
         die_with_parent(parent_pid)
         if slot.role == "ingest":
             return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))
+        row = self.counters.writer(slot.index - 1)
         return run_child(
-            slot.name, lambda: worker.serve(self.settings, self.auth, slot.index, beat_fd, parent_pid)
+            slot.name, lambda: worker.serve(self.settings, self.auth, row, slot.index, beat_fd, parent_pid)
         )
 
     def _slot_of(self, pid: int) -> Slot | None:

@@ -44,10 +44,28 @@ class Settings:
     max_connections: int = _option(
         1000,
         "WS_MAX_CONNECTIONS",
-        "Most open WebSocket connections; each worker takes an equal share. Past it a handshake gets 503.",
+        "Most open WebSocket connections across all workers; past it a handshake gets 503.",
         low=1,
         high=10_000_000,
     )
+    max_connections_per_ip: int = _option(
+        10,
+        "WS_MAX_CONNECTIONS_PER_IP",
+        "Most open connections from one address; past it 429.",
+        low=1,
+        high=10**7,
+    )
+    max_handshakes_per_ip: int = _option(
+        60,
+        "WS_MAX_HANDSHAKES_PER_IP",
+        "Most handshakes from one address per minute (refused ones included); past it 429.",
+        low=1,
+        high=10**9,
+    )
+    ssl_cert_path: str = _option(
+        "", "SSL_CERT_PATH", "PEM certificate chain: serve wss:// (with ssl_key_path)."
+    )
+    ssl_key_path: str = _option("", "SSL_KEY_PATH", "PEM private key of ssl_cert_path.")
     log_level: str = _option("INFO", "LOG_LEVEL", "Logging level.", choices=LOG_LEVELS)
 
     auth: bool = _option(
@@ -211,10 +229,6 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
-    def worker_connection_share(self) -> int:
-        """Each worker's share of ``max_connections``; rounded up so the shares cover the total."""
-        return -(-self.max_connections // max(self.workers, 1))
-
 
 @dataclass(frozen=True, slots=True)
 class OptionSpec:
@@ -345,6 +359,8 @@ def load_settings(
 
 def _check_together(settings: Settings) -> Settings:
     """Constraints between options, which no single option's bounds can express."""
+    if bool(settings.ssl_cert_path) != bool(settings.ssl_key_path):
+        raise ConfigError("ssl_cert_path and ssl_key_path go together: give both or neither")
     if settings.heartbeat_timeout > settings.heartbeat_interval:
         # picows pings after heartbeat_interval of silence and wants the pong within that same span;
         # a longer timeout makes it drop every connection.

@@ -149,10 +149,15 @@ def _invalid(message: str, request_id: RequestId = None) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_MESSAGE, message, request_id)
 
 
-def parse_client_message(payload: bytes | str, max_filter_values: int) -> Request | ProtocolError:
+def parse_client_message(
+    payload: bytes | str, max_filter_values: int
+) -> Request | ProtocolError | Disconnect:
     try:
         message = orjson.loads(payload)
     except orjson.JSONDecodeError:
+        if isinstance(payload, bytes) and not _is_utf8(payload):
+            # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
+            return Disconnect(CloseCode.INVALID_TEXT, "text message is not valid UTF-8")
         return _invalid("message is not valid JSON")
     if not isinstance(message, dict):
         return _invalid("message must be a JSON object")
@@ -177,6 +182,14 @@ def parse_client_message(payload: bytes | str, max_filter_values: int) -> Reques
         shown = kind if len(kind) <= 64 else kind[:64] + "..."
         return ProtocolError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type: {shown}", request_id)
     return parser(data, request_id, max_filter_values)
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _filter_error(error: FilterError, request_id: RequestId) -> ProtocolError:

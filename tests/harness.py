@@ -135,6 +135,9 @@ def spawn(
         "bus_endpoint": f"tcp://127.0.0.1:{bus}",
         "query_endpoint": f"tcp://127.0.0.1:{query}",
         "log_level": "INFO",
+        # Tests open many connections from one address; the per-address defaults are for the open network.
+        "max_connections_per_ip": 10_000,
+        "max_handshakes_per_ip": 1_000_000,
         **options,
     }
     argv = [sys.executable, str(ROOT / "supervisor.py")]

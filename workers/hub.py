@@ -34,6 +34,7 @@ from core.auth import (
 from core.config import Settings
 from core.filters import SubscriptionFilters
 from core.index import SubscriptionIndex
+from core.limits import AdmissionLimits, Reject, ip_cells
 from core.protocol import (
     CloseCode,
     Disconnect,
@@ -52,9 +53,11 @@ from core.protocol import (
     parse_client_message,
 )
 from core.queries import REVOKED_SESSIONS_QUERY, QueryAnswer, decode_answer, encode_query
+from core.ratelimit import Throttled
 from core.routing import RoutingHeader
 from workers.keys import AuthSetup
 from workers.session import ClientSession
+from workers.shared import CounterRow
 from workers.zmqio import drain_batch
 
 log = logging.getLogger("observatory.worker")
@@ -84,6 +87,7 @@ class Hub:
         settings: Settings,
         worker_id: int,
         auth: AuthSetup,
+        counters: CounterRow,
         context: zmq.Context[zmq.Socket[bytes]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -97,7 +101,10 @@ class Hub:
         self.loop = loop
         self.clients: dict[str, ClientSession] = {}
         self.index: SubscriptionIndex[ClientSession] = SubscriptionIndex()
-        self.capacity = settings.worker_connection_share()
+        self.counters = counters
+        self.limits = AdmissionLimits(
+            settings.max_connections, settings.max_connections_per_ip, settings.max_handshakes_per_ip
+        )
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = f"w{worker_id}-{secrets.token_hex(3)}-"
@@ -130,26 +137,40 @@ class Hub:
 
     # --- connections --------------------------------------------------------------------------
 
-    def listener_for(self, request: WSUpgradeRequest) -> ClientSession | WSUpgradeResponseWithListener:
-        """picows' listener factory: admit the handshake or answer it with an HTTP status."""
+    def listener_for(
+        self, request: WSUpgradeRequest, peer: str | None
+    ) -> ClientSession | WSUpgradeResponseWithListener:
+        """Admit a handshake or answer it with an HTTP status: 403, then 503/429, then 401."""
         headers = request.headers
         if not origin_allowed(headers.get("Origin"), headers.get("Host"), self.allowed_origins):
             return _refuse(403, b"origin not allowed\n")
+        if self.draining:
+            return _refuse(503, b"server is shutting down\n")
+        now = time.time()
+        cells = ip_cells(peer or "unknown")
+        shared = self.counters.counters
+        # Counted before the token is checked, so guessing tokens is throttled too.
+        decision = self.limits.decide(
+            shared.total_connections(),
+            shared.connections_from(cells),
+            shared.handshakes_from(cells, now),
+            now,
+        )
+        self.counters.handshake(cells, now)
+        if isinstance(decision, Reject):
+            retry = {"Retry-After": str(decision.retry_after)} if decision.retry_after is not None else None
+            return _refuse(decision.status, decision.reason.encode() + b"\n", retry)
         credentials = credentials_from(request.path, headers)
         principal: Principal | Refused = ANONYMOUS
         if self.auth.verifier is not None:
-            principal = self.auth.verifier.verify(credentials.token, time.time())
+            principal = self.auth.verifier.verify(credentials.token, now)
             if isinstance(principal, Refused):
                 return _refuse(
                     principal.status, principal.reason.encode() + b"\n", {"WWW-Authenticate": "Bearer"}
                 )
             if principal.session is not None and principal.session in self.revoked:
                 return _refuse(401, b"session revoked\n", {"WWW-Authenticate": "Bearer"})
-        if self.draining:
-            return _refuse(503, b"server is shutting down\n")
-        if len(self.clients) >= self.capacity:
-            return _refuse(503, b"server at connection capacity\n")
-        session = ClientSession(self, f"{self._id_prefix}{next(self._ids):x}", principal)
+        session = ClientSession(self, f"{self._id_prefix}{next(self._ids):x}", principal, cells)
         if credentials.via_subprotocol:
             # The browser offered "bearer, <token>": answer with the protocol only, never the token.
             accept = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": BEARER_PROTOCOL})
@@ -158,6 +179,7 @@ class Hub:
 
     def on_connected(self, client: ClientSession) -> None:
         self.clients[client.id] = client
+        self.counters.opened(client.address_cells)
         limits = {
             "messageRateLimit": self.settings.message_rate_limit,
             "messageRateBurst": self.settings.message_rate_burst,
@@ -192,6 +214,7 @@ class Hub:
     def on_disconnected(self, client: ClientSession) -> None:
         if self.clients.pop(client.id, None) is None:
             return
+        self.counters.closed(client.address_cells)
         if client.expiry is not None:
             client.expiry.cancel()
         session_id = client.principal.session
@@ -245,12 +268,17 @@ class Hub:
             if binary
             else parse_client_message(payload, self.settings.max_filter_values)
         )
-        now = time.monotonic()
-        if not client.rate.take(now):
+        if isinstance(request, Disconnect):
+            client.close(request)
+            return
+        verdict = client.limiter.admit(time.monotonic())
+        if isinstance(verdict, Disconnect):
+            client.close(verdict)
+        elif isinstance(verdict, Throttled):
             data = {
                 "code": ErrorCode.RATE_LIMIT_EXCEEDED,
                 "message": "message rate limit exceeded",
-                "retryAfter": round(client.rate.retry_after(now) * 1000),
+                "retryAfter": round(verdict.retry_after * 1000),
             }
             client.send(encode_message("error", data, now_ms(), request.request_id))
         elif isinstance(request, ProtocolError):

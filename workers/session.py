@@ -14,7 +14,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from core.auth import Principal
 from core.protocol import ClientInfo, CloseCode, Disconnect, close_echo_code
-from core.ratelimit import TokenBucket
+from core.ratelimit import MessageLimiter
 
 if TYPE_CHECKING:
     from workers.hub import Hub
@@ -23,16 +23,19 @@ TEXT = WSMsgType.TEXT
 
 
 class ClientSession(WSListener):
-    def __init__(self, hub: Hub, client_id: str, principal: Principal) -> None:
+    def __init__(
+        self, hub: Hub, client_id: str, principal: Principal, address_cells: tuple[int, ...]
+    ) -> None:
         self.hub = hub
         self.id = client_id
         self.principal = principal
+        self.address_cells = address_cells
         self.expiry: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
         self.subscription_keys: set[str] = set()
         self.client_info: ClientInfo | None = None
-        self.rate = TokenBucket(
-            hub.settings.message_rate_limit / 60.0, hub.settings.message_rate_burst, time.monotonic()
+        self.limiter = MessageLimiter(
+            hub.settings.message_rate_limit, hub.settings.message_rate_burst, time.monotonic()
         )
         self.paused = False
         self.closed = False

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 import zmq
-from picows import ws_create_server
 
 from core.config import Settings
 from core.errors import BootError
 from workers.child import Liveness
 from workers.hub import Hub
 from workers.keys import AuthSetup
+from workers.server import create_server
+from workers.shared import CounterRow
 
 log = logging.getLogger("observatory.worker")
 
@@ -21,26 +23,39 @@ LISTEN_BACKLOG = 4096
 DRAIN_GRACE = 2.0
 
 
-async def serve(settings: Settings, auth: AuthSetup, worker_id: int, beat_fd: int, parent_pid: int) -> None:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.ssl_cert_path:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.ssl_cert_path, settings.ssl_key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise BootError(f"cannot load the TLS certificate or key: {exc}") from None
+    return context
+
+
+async def serve(
+    settings: Settings, auth: AuthSetup, counters: CounterRow, worker_id: int, beat_fd: int, parent_pid: int
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    tls = tls_context(settings)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    hub = Hub(settings, worker_id, auth, context, loop)
+    hub = Hub(settings, worker_id, auth, counters, context, loop)
     try:
-        server = await ws_create_server(
+        server = await create_server(
             hub.listener_for,
             settings.host,
             settings.port,
-            reuse_port=True,
-            backlog=LISTEN_BACKLOG,
-            websocket_handshake_timeout=settings.handshake_timeout,
-            enable_auto_ping=True,
-            auto_ping_idle_timeout=settings.heartbeat_interval,
-            auto_ping_reply_timeout=settings.heartbeat_timeout,
+            handshake_timeout=settings.handshake_timeout,
+            ping_idle=settings.heartbeat_interval,
+            ping_reply=settings.heartbeat_timeout,
             max_frame_size=settings.max_message_bytes,
-            logger_name="worker",
+            ssl_context=tls,
+            backlog=LISTEN_BACKLOG,
         )
     except OSError as exc:
         hub.detach()
@@ -49,7 +64,7 @@ async def serve(settings: Settings, auth: AuthSetup, worker_id: int, beat_fd: in
     hub.attach()
     liveness = Liveness(beat_fd, parent_pid, stop.set)
     liveness.start()
-    log.info("worker %d serving ws://%s:%d/", worker_id, settings.host, settings.port)
+    log.info("worker %d serving %s://%s:%d/", worker_id, "wss" if tls else "ws", settings.host, settings.port)
 
     await stop.wait()
     server.close()

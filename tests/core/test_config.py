@@ -233,14 +233,10 @@ def test_settings_are_frozen() -> None:
     assert (changed.port, settings.port) == (9, 8080)
 
 
-@pytest.mark.parametrize(
-    ("max_connections", "workers", "share"),
-    [(1000, 0, 1000), (1000, 1, 1000), (1000, 4, 250), (1000, 3, 334), (10, 4, 3), (1, 8, 1)],
-)
-def test_worker_connection_share(max_connections: int, workers: int, share: int) -> None:
-    settings = Settings(max_connections=max_connections, workers=workers)
-    assert settings.worker_connection_share() == share
-    assert share * max(workers, 1) >= max_connections
+def test_tls_needs_both_the_certificate_and_the_key() -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings(env={"SSL_CERT_PATH": "/etc/cert.pem"})
+    assert load_settings(env={"SSL_CERT_PATH": "/c.pem", "SSL_KEY_PATH": "/k.pem"}).ssl_key_path == "/k.pem"
 
 
 @pytest.mark.parametrize(

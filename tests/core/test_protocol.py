@@ -13,6 +13,8 @@ from core.protocol import (
     DEFAULT_CONVERSATION_LIMIT,
     MAX_REQUEST_ID_CHARS,
     ClientInfo,
+    CloseCode,
+    Disconnect,
     ErrorCode,
     GetActiveConversations,
     GetProjectActivity,
@@ -163,7 +165,6 @@ UNKNOWN = ErrorCode.UNKNOWN_MESSAGE_TYPE
         (b"not json", INVALID, None),
         (b"", INVALID, None),
         (b'{"type": "ping", "data": {}', INVALID, None),
-        (b'{"type": "ping", "x": "\xff\xfe"}', INVALID, None),
         ('{"type": "ping", "x": "\ud800"}', INVALID, None),
         ([], INVALID, None),
         ("null", INVALID, None),
@@ -248,7 +249,6 @@ UNKNOWN = ErrorCode.UNKNOWN_MESSAGE_TYPE
         "not-json",
         "empty",
         "truncated-json",
-        "invalid-utf8-bytes",
         "lone-surrogate-str",
         "array",
         "null",
@@ -316,6 +316,22 @@ def test_invalid_messages(message: Any, code: str, request_id: Any) -> None:
     reply_type = "subscription_error" if code == FILTERS else "error"
     assert (result.code, result.reply_type, result.request_id) == (code, reply_type, request_id)
     assert result.message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"type": "ping", "x": "\xff\xfe"}', b"\xc3\x28", b"\xed\xa0\x80"],
+    ids=["in-a-string", "bad-continuation", "surrogate"],
+)
+def test_text_that_is_not_utf8_fails_the_connection_with_1007(payload: bytes) -> None:
+    assert parse_client_message(payload, 100) == Disconnect(
+        CloseCode.INVALID_TEXT, "text message is not valid UTF-8"
+    )
+
+
+def test_valid_utf8_that_is_not_json_is_only_an_error() -> None:
+    result = parse_client_message("caf\u00e9 au lait".encode(), 100)
+    assert isinstance(result, ProtocolError) and result.code == INVALID
 
 
 def test_unknown_type_is_named_but_bounded() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.ratelimit import TokenBucket
+from core.protocol import CloseCode, Disconnect
+from core.ratelimit import MessageLimiter, Throttled, TokenBucket
 
 
 def test_burst_then_refusal() -> None:
@@ -53,3 +54,25 @@ def test_retry_after_is_zero_with_tokens_left() -> None:
     bucket = TokenBucket(rate=1.0, capacity=2, now=0.0)
     assert bucket.take(0.0)
     assert bucket.retry_after(0.0) == 0.0
+
+
+def test_message_limiter_allows_the_burst_then_throttles_with_a_retry_time() -> None:
+    limiter = MessageLimiter(per_minute=60, burst=5, now=0.0)
+    assert [limiter.admit(0.0) for _ in range(5)] == [None] * 5
+    throttled = limiter.admit(0.0)
+    assert isinstance(throttled, Throttled) and throttled.retry_after == pytest.approx(1.0)
+    assert limiter.admit(1.0) is None  # one token back after a second at 60/min
+
+
+def test_message_limiter_disconnects_a_client_that_keeps_going_at_ten_times_the_rate() -> None:
+    limiter = MessageLimiter(per_minute=60, burst=5, now=0.0)
+    outcomes = [limiter.admit(i * 0.01) for i in range(200)]  # 100/s, far above 1/s
+    assert Disconnect(CloseCode.POLICY_VIOLATION, "message rate limit abused") in outcomes
+    first = outcomes.index(Disconnect(CloseCode.POLICY_VIOLATION, "message rate limit abused"))
+    assert first > 5 + 50  # the burst, then ten times the burst of refusals, roughly
+
+
+def test_message_limiter_never_disconnects_a_client_at_its_limit() -> None:
+    limiter = MessageLimiter(per_minute=60, burst=5, now=0.0)
+    outcomes = [limiter.admit(i * 0.5) for i in range(400)]  # 2/s: throttled half the time, for minutes
+    assert not any(isinstance(o, Disconnect) for o in outcomes)

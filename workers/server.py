@@ -1,0 +1,90 @@
+"""picows' WebSocket server, with the client's address known when the handshake is decided.
+
+picows hands its listener factory the parsed upgrade request but not the peer's address, and the
+per-address limits must answer 429 *before* the upgrade. So this module builds the server the way
+``picows.ws_create_server`` does, with a protocol subclass that notes the peer in
+``connection_made`` and passes it to our factory. It depends on the constructor of picows'
+``WSProtocol``, which is why pyproject.toml pins picows to one minor version; every integration
+test goes through here, so a change there fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from picows import WSAutoPingStrategy, WSUpgradeRequest
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+
+try:
+    import aiofastnet  # picows' optional faster transport, used by picows itself when installed
+except ImportError:  # pragma: no cover
+    aiofastnet = None
+
+Decide = Callable[[WSUpgradeRequest, str | None], Any]
+
+READ_BUFFER_INITIAL = 16 * 1024
+
+
+class _PeerAwareProtocol(WSProtocol):  # type: ignore[misc]
+    def __init__(self, decide: Decide, options: dict[str, Any]) -> None:
+        self.peer: str | None = None
+        super().__init__(
+            None,  # host:port, client side only
+            None,  # path, client side only
+            False,  # is_client_side
+            lambda request: decide(request, self.peer),
+            options["logger"],
+            True,  # disconnect_on_exception
+            options["handshake_timeout"],
+            True,  # enable_auto_ping
+            options["ping_idle"],
+            options["ping_reply"],
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            options["max_frame_size"],
+            None,  # extra_headers, client side only
+            READ_BUFFER_INITIAL,
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        super().connection_made(transport)
+
+
+async def create_server(
+    decide: Decide,
+    host: str,
+    port: int,
+    *,
+    handshake_timeout: float,
+    ping_idle: float,
+    ping_reply: float,
+    max_frame_size: int,
+    ssl_context: ssl.SSLContext | None,
+    backlog: int,
+) -> asyncio.AbstractServer:
+    """Listen on ``host:port`` with SO_REUSEPORT; ``decide(request, peer_ip)`` admits each handshake."""
+    options = {
+        "logger": logging.getLogger("picows.worker"),
+        "handshake_timeout": handshake_timeout,
+        "ping_idle": ping_idle,
+        "ping_reply": ping_reply,
+        "max_frame_size": max_frame_size,
+    }
+    loop = asyncio.get_running_loop()
+    listen = partial(aiofastnet.create_server, loop) if aiofastnet is not None else loop.create_server
+    server: asyncio.AbstractServer = await listen(
+        lambda: _PeerAwareProtocol(decide, options),
+        host=host,
+        port=port,
+        reuse_port=True,
+        backlog=backlog,
+        ssl=ssl_context,
+    )
+    return server
