@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -77,12 +78,14 @@ class ObservatoryClient:
         max_queued_events: int = 100_000,
         heartbeat_interval: float = 30.0,
         heartbeat_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if token_via not in ("header", "subprotocol", "query"):
             raise ValueError("token_via must be header, subprotocol or query")
         self.url = url
         self.token = token
         self.token_via = token_via
+        self.ssl_context = ssl_context
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.client_info = dict(client_info) if client_info else None
@@ -116,6 +119,7 @@ class ObservatoryClient:
                 lambda: _Listener(self),
                 url,
                 extra_headers=headers,
+                ssl_context=self.ssl_context,
                 websocket_handshake_timeout=timeout,
                 # A server silent this long is pinged; no pong in time and the connection is closed.
                 enable_auto_ping=True,

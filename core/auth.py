@@ -8,6 +8,7 @@ and generic on purpose: a client learns that it was refused, not which check to 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,8 @@ class TokenVerifier:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # NaN and Infinity parse from JSON too: an exp of NaN would never compare as expired.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def principal_from_claims(claims: Mapping[str, Any], now: float, leeway: float) -> Principal | Refused:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,10 +51,11 @@ class ServerProcess:
     secret: str | None = TEST_SECRET
     audience: str | None = None
     issuer: str | None = None
+    ssl_context: ssl.SSLContext | None = None  # set: the server speaks wss:// and clients trust it
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
+        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}/"
 
     def token(self, projects: list[int] | None = None, **claims: Any) -> str:
         """A token for this server: every project and permission unless told otherwise."""
@@ -74,6 +76,7 @@ class ServerProcess:
         """A client that authenticates with an all-powerful token (or ``token=`` given)."""
         if self.secret is not None:
             options.setdefault("token", self.token())
+        options.setdefault("ssl_context", self.ssl_context)
         return ObservatoryClient(self.url, **options)
 
     def authorization(self) -> dict[str, str]:
@@ -174,8 +177,11 @@ def spawn(
     return server, argv
 
 
-def start_server(tmp_path: Path, workers: int = 2, **options: Any) -> ServerProcess:
+def start_server(
+    tmp_path: Path, workers: int = 2, ssl_context: ssl.SSLContext | None = None, **options: Any
+) -> ServerProcess:
     server, _ = spawn(tmp_path, workers, **options)
+    server.ssl_context = ssl_context
     try:
         asyncio.run(wait_ready(server))
     except BaseException:

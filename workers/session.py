@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from workers.hub import Hub
 
 TEXT = WSMsgType.TEXT
+CLOSE_GRACE = 5.0  # seconds a closed peer has to read what is queued, the close frame last
 
 
 class ClientSession(WSListener):
@@ -105,8 +106,17 @@ class ClientSession(WSListener):
         if self.closed or self.transport is None:
             return
         self.closed = True
-        self.transport.send_close(WSCloseCode(decision.code), decision.reason.encode()[:120])
-        self.transport.disconnect(graceful=True)
+        transport = self.transport
+        transport.send_close(WSCloseCode(decision.code), decision.reason.encode()[:120])
+        transport.disconnect(graceful=True)
+        # A graceful close waits for the peer to take what is queued; a stalled peer never does, and
+        # would hold its socket and buffers forever. Give it a moment to read the close, then abort.
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort_if_lingering, transport)
+
+    @staticmethod
+    def _abort_if_lingering(transport: WSTransport) -> None:
+        if not transport.is_disconnected:
+            transport.disconnect(graceful=False)
 
     def peer(self) -> str:
         if self.transport is None:
