@@ -60,7 +60,9 @@ class _Receiver(WSListener):
             self.done.set()
 
 
-async def _load(url: str, clients: int, ready: Connection, finish: Connection) -> dict[str, Any]:
+async def _load(
+    url: str, clients: int, stalled: int, ready: Connection, finish: Connection
+) -> dict[str, Any]:
     latencies: array[float] = array("d")
     receivers: list[_Receiver] = []
     dones: list[asyncio.Event] = []
@@ -74,7 +76,14 @@ async def _load(url: str, clients: int, ready: Connection, finish: Connection) -
         transport.send(WSMsgType.TEXT, subscribe)
         receivers.append(receiver)  # type: ignore[arg-type]
         dones.append(done)
+    stalled_transports = []
+    for _ in range(stalled):
+        transport, _ = await ws_connect(lambda: WSListener(), url)
+        transport.send(WSMsgType.TEXT, subscribe)
+        stalled_transports.append(transport)
     await asyncio.sleep(0.5)  # let every subscription be confirmed
+    for transport in stalled_transports:
+        transport.underlying_transport.pause_reading()  # subscribed, and never reads again
     ready.send(True)
     await asyncio.get_running_loop().run_in_executor(None, finish.recv)
     await asyncio.wait([asyncio.ensure_future(d.wait()) for d in dones], timeout=30)
@@ -88,8 +97,10 @@ async def _load(url: str, clients: int, ready: Connection, finish: Connection) -
     }
 
 
-def _load_process(url: str, clients: int, ready: Connection, finish: Connection, out: Connection) -> None:
-    out.send(uvloop.run(_load(url, clients, ready, finish)))
+def _load_process(
+    url: str, clients: int, stalled: int, ready: Connection, finish: Connection, out: Connection
+) -> None:
+    out.send(uvloop.run(_load(url, clients, stalled, ready, finish)))
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -102,6 +113,7 @@ def percentile(ordered: list[float], q: float) -> float:
 @dataclass
 class Result:
     clients: int
+    stalled: int
     rate: int
     size: int
     duration: float
@@ -157,11 +169,12 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
     per_process = [args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)]
     pipes = []
     workers = []
-    for count in per_process:
+    for index, count in enumerate(per_process):
         ready_r, ready_w = context.Pipe(duplex=False)
         finish_r, finish_w = context.Pipe(duplex=False)
         out_r, out_w = context.Pipe(duplex=False)
-        process = context.Process(target=_load_process, args=(url, count, ready_w, finish_r, out_w))
+        stalled = args.stalled if index == 0 else 0
+        process = context.Process(target=_load_process, args=(url, count, stalled, ready_w, finish_r, out_w))
         process.start()
         pipes.append((ready_r, finish_w, out_r))
         workers.append(process)
@@ -218,6 +231,7 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
     handshakes.sort()
     return Result(
         clients=args.clients,
+        stalled=args.stalled,
         rate=args.rate,
         size=args.size,
         duration=round(elapsed, 2),
@@ -252,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=200, help="approximate bytes of event data")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     parser.add_argument("--procs", type=int, default=2, help="load processes holding the clients")
+    parser.add_argument(
+        "--stalled", type=int, default=0, help="extra subscribers that never read (not measured)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="server workers (when starting one)")
     parser.add_argument("--url", help="target a running server instead of starting one")
     parser.add_argument("--token", help="a token for that server (with --url; see 'observatory token')")
@@ -271,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(
             Path(tempfile.mkdtemp(prefix="fanout-")),
             workers=args.workers,
-            max_connections=max(args.clients * 2, 1000),
+            max_connections=max((args.clients + args.stalled) * 2, 1000),
             log_level="WARNING",
         )
         url, ingest, pid = server.url_with_token(), server.ingest_endpoint, server.proc.pid
