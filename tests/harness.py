@@ -48,7 +48,8 @@ class ServerProcess:
     workers: int
     log_path: Path
     producers: list[Producer] = field(default_factory=list)
-    secret: str | None = TEST_SECRET
+    secret: str | bytes | None = TEST_SECRET  # what the harness signs tokens with
+    algorithm: str = "HS256"
     audience: str | None = None
     issuer: str | None = None
     ssl_context: ssl.SSLContext | None = None  # set: the server speaks wss:// and clients trust it
@@ -62,7 +63,7 @@ class ServerProcess:
         assert self.secret is not None, "this server runs without authentication"
         return mint_token(
             self.secret,
-            "HS256",
+            self.algorithm,
             user=claims.pop("user", "tester"),
             projects=projects,
             permissions=claims.pop("permissions", ("admin",)),
@@ -178,10 +179,17 @@ def spawn(
 
 
 def start_server(
-    tmp_path: Path, workers: int = 2, ssl_context: ssl.SSLContext | None = None, **options: Any
+    tmp_path: Path,
+    workers: int = 2,
+    ssl_context: ssl.SSLContext | None = None,
+    signing: tuple[bytes, str] | None = None,
+    **options: Any,
 ) -> ServerProcess:
+    """``signing``: the private key and algorithm of an issuer whose public key the server trusts."""
     server, _ = spawn(tmp_path, workers, **options)
     server.ssl_context = ssl_context
+    if signing is not None:
+        server.secret, server.algorithm = signing
     try:
         asyncio.run(wait_ready(server))
     except BaseException:

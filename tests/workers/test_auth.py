@@ -14,6 +14,8 @@ import jwt
 import orjson
 import pytest
 import websockets
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.exceptions import InvalidStatus
 
 from clients import ObservatoryClient
@@ -263,3 +265,40 @@ async def test_the_origin_guard(server: ServerProcess, origin: str | None, statu
     if origin is not None:
         headers["Origin"] = origin.format(port=server.port)
     assert (await handshake_status(server.url, headers))[0] == status
+
+
+def key_pair(kind: str) -> tuple[bytes, bytes]:
+    private = (
+        rsa.generate_private_key(65537, 2048) if kind == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    secret = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return secret, public
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+async def test_tokens_signed_by_an_issuer_verify_with_its_public_key(tmp_path: Path, algorithm: str) -> None:
+    private, public = key_pair(algorithm)
+    (tmp_path / "issuer.pem").write_bytes(public)
+    server = await asyncio.to_thread(
+        start_server,
+        tmp_path,
+        1,
+        signing=(private, algorithm),
+        jwt_public_key_file=tmp_path / "issuer.pem",
+        env={"OBSERVATORY_JWT_SECRET": ""},
+    )
+    try:
+        payload = claims(aud=None, iss=None)
+        client = ObservatoryClient(server.url, token=jwt.encode(payload, private, algorithm=algorithm))
+        assert (await client.connect())["clientId"]
+        await client.close()
+        for refused in (unsigned(payload), jwt.encode(payload, key_pair(algorithm)[0], algorithm=algorithm)):
+            status, _ = await handshake_status(server.url, {"Authorization": f"Bearer {refused}"})
+            assert status == 401
+    finally:
+        server.stop()
