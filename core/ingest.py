@@ -174,5 +174,7 @@ class IngestPipeline:
         payload = orjson.dumps(
             {"type": type_, "data": data, "timestamp": timestamp, "seq": self.seq, "epoch": self.epoch}
         )
-        header = RoutingHeader(self.seq, type_, project_id, session_id, route.message_types, route.tool_names)
+        header = RoutingHeader(
+            self.seq, self.epoch, type_, project_id, session_id, route.message_types, route.tool_names
+        )
         return Published(header, payload)

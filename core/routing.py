@@ -4,7 +4,7 @@ Workers match subscriptions against this header alone, so they never parse an ev
 ingest reads the routing fields out of the event once and the bytes clients receive stay opaque.
 
 On the bus an event is a two-frame ZeroMQ message ``[header, payload]``; the header is the JSON
-array ``[seq, type, projectId, sessionId, messageTypes, toolNames]``.
+array ``[seq, epoch, type, projectId, sessionId, messageTypes, toolNames]``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import orjson
 
 class RoutingHeader(NamedTuple):
     seq: int
+    epoch: str
     type: str
     project_id: int | None
     session_id: str | None
@@ -27,5 +28,5 @@ class RoutingHeader(NamedTuple):
 
     @classmethod
     def decode(cls, raw: bytes) -> RoutingHeader:
-        seq, type_, project_id, session_id, message_types, tool_names = orjson.loads(raw)
-        return cls(seq, type_, project_id, session_id, tuple(message_types), tuple(tool_names))
+        seq, epoch, type_, project_id, session_id, message_types, tool_names = orjson.loads(raw)
+        return cls(seq, epoch, type_, project_id, session_id, tuple(message_types), tuple(tool_names))

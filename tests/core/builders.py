@@ -13,4 +13,4 @@ def header(
     tools: tuple[str, ...] = (),
 ) -> RoutingHeader:
     """A routing header with sensible defaults, as the ingest would build it."""
-    return RoutingHeader(1, type_, project, session, message_types, tools)
+    return RoutingHeader(1, "epoch", type_, project, session, message_types, tools)

@@ -260,6 +260,7 @@ def random_header(rng: random.Random) -> RoutingHeader:
 
     return RoutingHeader(
         rng.randint(1, 10**6),
+        "epoch",
         rng.choice(POOLS["eventTypes"]),
         maybe(POOLS["projectIds"]),
         maybe(POOLS["sessionIds"]),

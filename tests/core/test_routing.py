@@ -11,9 +11,9 @@ from core.routing import RoutingHeader
 @pytest.mark.parametrize(
     "header",
     [
-        RoutingHeader(1, "conversation_started", None, None, (), ()),
-        RoutingHeader(2, "message_added", 7, "s1", ("user",), ("Bash", "Read")),
-        RoutingHeader(2**62, "x" * 64, -1, "é" * 256, ("assistant",), ("ツール",)),
+        RoutingHeader(1, "e1", "conversation_started", None, None, (), ()),
+        RoutingHeader(2, "e1", "message_added", 7, "s1", ("user",), ("Bash", "Read")),
+        RoutingHeader(2**62, "f" * 16, "x" * 64, -1, "é" * 256, ("assistant",), ("ツール",)),
     ],
     ids=["bare", "full", "edges"],
 )
@@ -25,5 +25,5 @@ def test_round_trip(header: RoutingHeader) -> None:
 
 
 def test_wire_order() -> None:
-    raw = RoutingHeader(3, "t", 4, "s", ("user",), ("A",)).encode()
-    assert orjson.loads(raw) == [3, "t", 4, "s", ["user"], ["A"]]
+    raw = RoutingHeader(3, "e", "t", 4, "s", ("user",), ("A",)).encode()
+    assert orjson.loads(raw) == [3, "e", "t", 4, "s", ["user"], ["A"]]
