@@ -125,6 +125,35 @@ class Settings:
         low=1,
         high=100_000_000,
     )
+    history_size: int = _option(
+        100_000,
+        "OBSERVATORY_HISTORY_SIZE",
+        "Recent events the ingest keeps for gap repair and resume.",
+        low=1,
+        high=100_000_000,
+    )
+    history_age: float = _option(
+        3600.0,
+        "OBSERVATORY_HISTORY_AGE",
+        "Seconds an event stays in the ingest's history (whichever bound comes first).",
+        low=1.0,
+        high=30 * 86_400.0,
+    )
+    bus_beat_interval: float = _option(
+        1.0,
+        "OBSERVATORY_BUS_BEAT",
+        "Seconds between the ingest's beats on the bus (epoch and newest seq): how soon a lost last "
+        "event or a new epoch is noticed.",
+        low=0.05,
+        high=60.0,
+    )
+    repair_timeout: float = _option(
+        2.0,
+        "OBSERVATORY_REPAIR_TIMEOUT",
+        "Seconds a worker waits for history to fill a hole before it gives those events up as lost.",
+        low=0.05,
+        high=300.0,
+    )
     max_event_bytes: int = _option(
         1_048_576,
         "OBSERVATORY_MAX_EVENT_BYTES",

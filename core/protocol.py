@@ -83,10 +83,19 @@ class ClientInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a reconnecting client left off: the epoch and the last seq it received."""
+
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     filters: SubscriptionFilters
     client_info: ClientInfo | None = None
     request_id: RequestId = None
+    resume: Resume | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +226,22 @@ def _parse_subscribe(data: dict[str, Any], request_id: RequestId, max_values: in
         ):
             return _invalid("clientInfo must be an object with string name and version", request_id)
         client_info = ClientInfo(str(raw_info.get("name", ""))[:128], str(raw_info.get("version", ""))[:64])
-    return Subscribe(filters, client_info, request_id)
+    raw_resume = data.get("resume")
+    resume = None
+    if raw_resume is not None:
+        fields = raw_resume if isinstance(raw_resume, dict) else {}
+        epoch, seq = fields.get("epoch"), fields.get("seq")
+        if not (
+            isinstance(epoch, str)
+            and 0 < len(epoch) <= 64
+            and isinstance(seq, int)
+            and not isinstance(seq, bool)
+        ):
+            return _invalid("resume must be {epoch: string, seq: integer >= 0}", request_id)
+        if seq < 0:
+            return _invalid("resume must be {epoch: string, seq: integer >= 0}", request_id)
+        resume = Resume(epoch, seq)
+    return Subscribe(filters, client_info, request_id, resume)
 
 
 def _parse_unsubscribe(

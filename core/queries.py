@@ -12,7 +12,9 @@ from typing import Any
 
 import orjson
 
+from core.history import History
 from core.protocol import GetActiveConversations, GetProjectActivity
+from core.routing import RoutingHeader
 from core.state import LiveState
 
 REPLY_TYPES = {
@@ -111,3 +113,44 @@ def decode_answer(raw: bytes) -> QueryAnswer | QueryFailure:
         return QueryFailure(str(answer.get("error", "query failed")))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
         return QueryFailure("malformed answer from the ingest")
+
+
+HISTORY_LIMIT = 10_000  # events in one answer; a longer range takes several queries
+
+
+def encode_history_query(first: int, last: int) -> bytes:
+    return orjson.dumps({"query": "history", "first": first, "last": last})
+
+
+def answer_history(history: History, raw: bytes) -> list[bytes] | None:
+    """The answer frames: a JSON summary, then each event's header and payload. None: not history."""
+    try:
+        query = orjson.loads(raw)
+        if not isinstance(query, dict) or query.get("query") != "history":
+            return None
+        first, last = int(query["first"]), int(query["last"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    window = history.range(first, last, HISTORY_LIMIT)
+    summary = {"ok": True, "complete": window.complete, "oldest": window.oldest, "newest": window.newest}
+    frames = [orjson.dumps(summary)]
+    for event in window.events:
+        frames += (event.header, event.payload)
+    return frames
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryAnswer:
+    events: list[tuple[RoutingHeader, bytes]]
+    complete: bool
+    oldest: int
+
+
+def decode_history(frames: list[bytes]) -> HistoryAnswer | QueryFailure:
+    try:
+        summary = orjson.loads(frames[0])
+        pairs = frames[1:]
+        events = [(RoutingHeader.decode(pairs[i]), pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)]
+        return HistoryAnswer(events, bool(summary["complete"]), int(summary["oldest"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+        return QueryFailure("malformed history from the ingest")

@@ -45,6 +45,7 @@ from core.protocol import (
     ProtocolError,
     RefreshToken,
     RequestId,
+    Resume,
     Subscribe,
     Unsubscribe,
     capabilities,
@@ -52,9 +53,19 @@ from core.protocol import (
     encode_message,
     parse_client_message,
 )
-from core.queries import REVOKED_SESSIONS_QUERY, QueryAnswer, decode_answer, encode_query
+from core.queries import (
+    REVOKED_SESSIONS_QUERY,
+    HistoryAnswer,
+    QueryAnswer,
+    QueryFailure,
+    decode_answer,
+    decode_history,
+    encode_history_query,
+    encode_query,
+)
 from core.ratelimit import Throttled
 from core.routing import RoutingHeader
+from core.sequence import Action, BusOrder, Deliver, Lost, NewEpoch, Repair
 from workers.keys import AuthSetup
 from workers.session import ClientSession
 from workers.shared import CounterRow
@@ -72,6 +83,17 @@ REVOKED_QUERY_ID = b"revoked-sessions"
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class ResumeJob:
+    client: ClientSession
+    filters: list[SubscriptionFilters]  # the connection's subscriptions when it asked to resume
+    start: int  # the last seq the client had
+    upto: int  # the newest seq this worker had delivered when it asked: live events follow
+    request_id: RequestId
+    done_to: int
+    replayed: int = 0
 
 
 @dataclass(slots=True)
@@ -110,6 +132,11 @@ class Hub:
         self._id_prefix = f"w{worker_id}-{secrets.token_hex(3)}-"
         self._query_ids = itertools.count(1)
         self.pending: dict[bytes, PendingQuery] = {}
+        self.order = BusOrder()
+        self.lost_events = 0
+        self._repair_id: bytes | None = None
+        self.resumes: dict[bytes, ResumeJob] = {}
+        self.waiting_resumes: list[tuple[ClientSession, Resume, RequestId]] = []
 
         self.bus = context.socket(zmq.SUB)
         self.bus.setsockopt(zmq.LINGER, 0)
@@ -237,20 +264,78 @@ class Hub:
     # --- the bus --------------------------------------------------------------------------------
 
     def _on_bus(self) -> None:
-        match = self.index.match
+        order = self.order
         for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
             if len(frames) != 2:
                 self._on_control(frames)
                 continue
-            payload = frames[1]
-            for client in match(RoutingHeader.decode(frames[0])):
-                client.send(payload)
+            header = RoutingHeader.decode(frames[0])
+            if order.repairing is None and header.seq == order.last + 1 and header.epoch == order.epoch:
+                order.last = header.seq  # the common case: next in order, nothing to decide
+                self._broadcast(header, frames[1])
+            else:
+                self._act(order.on_event(header, frames[1]))
+
+    def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
+        for client in self.index.match(header):
+            client.send_event(payload)
 
     def _on_control(self, frames: list[bytes]) -> None:
-        if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"revoke_session":
+        if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"beat":
+            beat = orjson.loads(frames[2])
+            self._act(self.order.on_beat(beat["epoch"], beat["seq"]))
+        elif len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"revoke_session":
             self.revoke(orjson.loads(frames[2])["sid"])
         else:
             log.warning("ignoring a bus message of %d frames", len(frames))
+
+    def _act(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Deliver):
+                for header, payload in action.events:
+                    self._broadcast(header, payload)
+            elif isinstance(action, Repair):
+                self._request_repair(action)
+            elif isinstance(action, Lost):
+                self.lost_events += action.last - action.first + 1
+                log.warning("events %d..%d are lost: history no longer holds them", action.first, action.last)
+            else:
+                self._on_new_epoch(action)
+
+    def _request_repair(self, repair: Repair) -> None:
+        self._repair_id = b"repair-%d" % next(self._query_ids)
+        try:
+            self.queries.send_multipart(
+                (self._repair_id, encode_history_query(repair.first, repair.last)), zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            pass  # the timeout below gives the hole up
+        self.loop.call_later(self.settings.repair_timeout, self._repair_timed_out, self._repair_id)
+        self.loop.call_soon(self._on_answers)
+
+    def _repair_timed_out(self, repair_id: bytes) -> None:
+        if repair_id == self._repair_id:
+            self._repair_id = None
+            self._act(self.order.on_repaired([]))
+
+    def _on_new_epoch(self, change: NewEpoch) -> None:
+        log.info("bus epoch %s (was %s)", change.epoch, change.previous)
+        self._repair_id = None  # an answer still on its way describes the old run
+        stale, self.resumes = self.resumes, {}
+        for job in stale.values():
+            self._resume_failed(
+                job.client, f"epoch {change.previous} ended during the replay", job.request_id
+            )
+        if change.previous is not None:
+            notice = encode_message(
+                "epoch_changed", {"epoch": change.epoch, "previous": change.previous}, now_ms()
+            )
+            for client in list(self.clients.values()):
+                client.send(notice)
+        waiting, self.waiting_resumes = self.waiting_resumes, []
+        for client, resume, request_id in waiting:
+            if not client.closed:
+                self._resume(client, resume, request_id)
 
     def revoke(self, session_id: str) -> None:
         self.revoked[session_id] = None
@@ -329,6 +414,90 @@ class Hub:
             client.client_info = request.client_info
         data = {"subscriptionKey": key, "filters": filters.to_json()}
         client.send(encode_message("subscription_confirmed", data, now_ms(), request.request_id))
+        if request.resume is not None:
+            self._resume(client, request.resume, request.request_id)
+
+    # --- resume ---------------------------------------------------------------------------------
+
+    def _resume(self, client: ClientSession, resume: Resume, request_id: RequestId) -> None:
+        """Replay what the client missed, for all it subscribes to now, then let live events follow."""
+        if client.resumed:
+            self._resume_failed(client, "this connection has already resumed", request_id)
+            return
+        client.resumed = True
+        client.hold()
+        if self.order.epoch is None:  # this worker has not heard the bus yet: wait for its beat
+            self.waiting_resumes.append((client, resume, request_id))
+            return
+        if resume.epoch != self.order.epoch:
+            self._resume_failed(
+                client, f"epoch {resume.epoch} has ended; the current epoch is {self.order.epoch}", request_id
+            )
+            return
+        snapshot = [f for key in client.subscription_keys if (f := self.index.filters_of(key)) is not None]
+        job = ResumeJob(client, snapshot, resume.seq, self.order.last, request_id, resume.seq)
+        self._fetch_replay(job)
+
+    def _fetch_replay(self, job: ResumeJob) -> None:
+        if job.done_to >= job.upto:
+            self._finish_replay(job)
+            return
+        query_id = b"resume-%d" % next(self._query_ids)
+        self.resumes[query_id] = job
+        try:
+            self.queries.send_multipart(
+                (query_id, encode_history_query(job.done_to + 1, job.upto)), zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            pass
+        self.loop.call_later(self.settings.query_timeout, self._replay_timed_out, query_id)
+        self.loop.call_soon(self._on_answers)
+
+    def _replay_timed_out(self, query_id: bytes) -> None:
+        job = self.resumes.pop(query_id, None)
+        if job is not None:
+            self._resume_failed(job.client, "history did not answer in time", job.request_id)
+
+    def _on_replay(self, job: ResumeJob, answer: HistoryAnswer | QueryFailure) -> None:
+        client = job.client
+        if client.closed:
+            return
+        if isinstance(answer, QueryFailure):
+            self._resume_failed(client, answer.message, job.request_id)
+            return
+        if not answer.complete:
+            self._resume_failed(
+                client,
+                f"history no longer holds seq {job.done_to + 1} (the oldest kept is {answer.oldest})",
+                job.request_id,
+            )
+            return
+        for header, payload in answer.events:
+            if header.seq > job.done_to and any(f.matches(header) for f in job.filters):
+                client.send(payload)
+                job.replayed += 1
+        job.done_to = max([job.done_to, *(h.seq for h, _ in answer.events)])
+        if not answer.events:
+            job.done_to = job.upto  # nothing more to read
+        self._fetch_replay(job)
+
+    def _finish_replay(self, job: ResumeJob) -> None:
+        data = {
+            "epoch": self.order.epoch,
+            "fromSeq": job.start + 1,
+            "toSeq": job.upto,
+            "replayed": job.replayed,
+        }
+        job.client.send(encode_message("resumed", data, now_ms(), job.request_id))
+        job.client.release()
+
+    def _resume_failed(self, client: ClientSession, reason: str, request_id: RequestId) -> None:
+        client.send(
+            encode_message(
+                "resume_failed", {"reason": reason, "epoch": self.order.epoch}, now_ms(), request_id
+            )
+        )
+        client.release()
 
     def _unsubscribe(self, client: ClientSession, request: Unsubscribe) -> None:
         if request.subscription_key is None and request.filters is None:
@@ -418,7 +587,16 @@ class Hub:
 
     def _on_answers(self) -> None:
         for frames in drain_batch(self.queries, QUERY_BATCH, self._on_answers):
-            if len(frames) != 2:
+            if len(frames) < 2:
+                continue
+            if frames[0] == self._repair_id:
+                self._repair_id = None
+                answer = decode_history(frames[1:])
+                self._act(self.order.on_repaired(answer.events if isinstance(answer, HistoryAnswer) else []))
+                continue
+            job = self.resumes.pop(frames[0], None)
+            if job is not None:
+                self._on_replay(job, decode_history(frames[1:]))
                 continue
             if frames[0] == REVOKED_QUERY_ID:
                 answer = decode_answer(frames[1])

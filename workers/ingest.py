@@ -13,12 +13,14 @@ import signal
 import time
 from collections.abc import Callable
 
+import orjson
 import zmq
 
 from core.config import Settings
 from core.errors import BootError
+from core.history import History
 from core.ingest import Control, IngestPipeline, Published
-from core.queries import answer_query
+from core.queries import answer_history, answer_query
 from core.ratelimit import TokenBucket
 from core.state import LiveState
 from workers.child import Liveness
@@ -42,6 +44,8 @@ class Ingest:
             settings.activity_bucket * 1000,
         )
         self.pipeline = IngestPipeline(self.epoch, self.state, settings.max_event_bytes)
+        self.history = History(settings.history_size, settings.history_age * 1000)
+        self._beat: asyncio.TimerHandle | None = None
         hwm = settings.bus_high_water_mark
         self.pull = bind(
             context,
@@ -60,6 +64,7 @@ class Ingest:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_reader(self.pull.FD, self._on_producers)
         loop.add_reader(self.router.FD, self._on_queries)
+        self._send_beat(loop)
         # The FDs are edge-triggered: anything queued before the readers existed must be read now.
         loop.call_soon(self._on_producers)
         loop.call_soon(self._on_queries)
@@ -67,6 +72,18 @@ class Ingest:
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_reader(self.pull.FD)
         loop.remove_reader(self.router.FD)
+        if self._beat is not None:
+            self._beat.cancel()
+
+    def _send_beat(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the workers the epoch and the newest seq: a lost last event or a new run shows."""
+        beat = orjson.dumps({"epoch": self.epoch, "seq": self.pipeline.seq})
+        try:
+            self.pub.send_multipart((b"control", b"beat", beat), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        self.history.expire(time.time() * 1000)
+        self._beat = loop.call_later(self.settings.bus_beat_interval, self._send_beat, loop)
 
     def _on_producers(self) -> None:
         self._publish(BATCH, self._on_producers)
@@ -82,9 +99,12 @@ class Ingest:
             if len(frames) != 1:
                 self._reject(f"expected one frame, got {len(frames)}")
                 continue
-            outcome = self.pipeline.accept(frames[0], int(time.time() * 1000))
+            now = int(time.time() * 1000)
+            outcome = self.pipeline.accept(frames[0], now)
             if isinstance(outcome, Published):
-                message: tuple[bytes, ...] = (outcome.header.encode(), outcome.payload)
+                header = outcome.header.encode()
+                self.history.append(outcome.header.seq, header, outcome.payload, now)
+                message: tuple[bytes, ...] = (header, outcome.payload)
             elif isinstance(outcome, Control):
                 # Three frames: workers tell control from events by the count, clients never see it.
                 message = (b"control", outcome.kind.encode(), outcome.payload)
@@ -110,9 +130,12 @@ class Ingest:
             if len(frames) != 3:
                 continue  # not a worker of ours: a query is [identity, query id, body]
             identity, query_id, body = frames
-            answer = answer_query(self.state, body, int(time.time() * 1000))
+            history = answer_history(self.history, body)
+            answer = (
+                history if history is not None else [answer_query(self.state, body, int(time.time() * 1000))]
+            )
             try:
-                self.router.send_multipart((identity, query_id, answer), zmq.NOBLOCK)
+                self.router.send_multipart((identity, query_id, *answer), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the worker is gone or saturated; its own timeout answers the client
 

@@ -35,6 +35,10 @@ class ClientSession(WSListener):
         self.transport: WSTransport | None = None
         self.subscription_keys: set[str] = set()
         self.client_info: ClientInfo | None = None
+        # While a resume replays history, live events wait here so they follow the replay in order.
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
+        self.resumed = False
         self.limiter = MessageLimiter(
             hub.settings.message_rate_limit, hub.settings.message_rate_burst, time.monotonic()
         )
@@ -98,6 +102,24 @@ class ClientSession(WSListener):
         transport.send(TEXT, payload)
         if self.paused:
             self.hub.check_backlog(self)
+
+    def send_event(self, payload: bytes) -> None:
+        if self.held is None:
+            self.send(payload)
+        else:
+            self.held.append(payload)
+            self.held_bytes += len(payload)
+            if self.held_bytes > self.hub.settings.max_pending_bytes:
+                self.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        held, self.held, self.held_bytes = self.held or [], None, 0
+        for payload in held:
+            self.send(payload)
 
     def pending_bytes(self) -> int:
         return 0 if self.transport is None else self.transport.underlying_transport.get_write_buffer_size()
