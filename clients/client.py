@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import random
 import ssl
 import time
 from collections import defaultdict
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from core.errors import ClientError, ConnectionClosedError
 from core.protocol import close_echo_code
@@ -79,6 +80,10 @@ class ObservatoryClient:
         heartbeat_interval: float = 30.0,
         heartbeat_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        auto_reconnect: bool = True,
+        max_reconnect_attempts: int = 10,
+        reconnect_base: float = 1.0,
+        reconnect_max: float = 30.0,
     ) -> None:
         if token_via not in ("header", "subprotocol", "query"):
             raise ValueError("token_via must be header, subprotocol or query")
@@ -86,6 +91,17 @@ class ObservatoryClient:
         self.token = token
         self.token_via = token_via
         self.ssl_context = ssl_context
+        self.auto_reconnect = auto_reconnect
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.reconnect_base = reconnect_base
+        self.reconnect_max = reconnect_max
+        # Where the stream stands, to resume from after a reconnect.
+        self.last_epoch: str | None = None
+        self.last_seq: int | None = None
+        self._subscriptions: dict[str, dict[str, Any]] = {}
+        self._closing = False
+        self._reconnect_after: float | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.client_info = dict(client_info) if client_info else None
@@ -155,6 +171,10 @@ class ObservatoryClient:
         return dict(reply["data"])
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            self._end_stream()
         transport = self._transport
         if transport is None:
             return
@@ -190,12 +210,19 @@ class ObservatoryClient:
         raw = payload.encode() if isinstance(payload, str) else payload
         self._transport.send(WSMsgType.BINARY if binary else WSMsgType.TEXT, raw)
 
-    async def subscribe(self, filters: Mapping[str, Any] | None = None) -> str:
+    async def subscribe(
+        self, filters: Mapping[str, Any] | None = None, resume: Mapping[str, Any] | None = None
+    ) -> str:
+        """Subscribe; ``resume`` {epoch, seq} replays what was missed since (see docs/protocol.md)."""
         data: dict[str, Any] = {"filters": dict(filters or {})}
         if self.client_info:
             data["clientInfo"] = self.client_info
+        if resume is not None:
+            data["resume"] = dict(resume)
         reply = await self.request("subscribe", data)
-        return str(reply["data"]["subscriptionKey"])
+        key = str(reply["data"]["subscriptionKey"])
+        self._subscriptions[key] = dict(filters or {})
+        return key
 
     async def unsubscribe(
         self, subscription_key: str | None = None, filters: Mapping[str, Any] | None = None
@@ -206,7 +233,10 @@ class ObservatoryClient:
         if filters is not None:
             data["filters"] = dict(filters)
         reply = await self.request("unsubscribe", data)
-        return list(reply["data"]["subscriptionKeys"])
+        removed = [str(key) for key in reply["data"]["subscriptionKeys"]]
+        for key in removed:
+            self._subscriptions.pop(key, None)
+        return removed
 
     async def ping(self) -> float:
         """Round trip to the server in milliseconds."""
@@ -264,11 +294,21 @@ class ObservatoryClient:
         kind = message.get("type")
         if kind == "connection_established" and self._connected is not None and not self._connected.done():
             self._connected.set_result(message["data"])
+        seq = message.get("seq")
+        if isinstance(seq, int):
+            self.last_epoch, self.last_seq = message.get("epoch"), seq
+        elif kind == "server_shutdown":
+            after = message.get("data", {}).get("reconnectAfter")
+            self._reconnect_after = after / 1000 if isinstance(after, int | float) else None
         reply = self._pending.get(message.get("requestId"))  # type: ignore[arg-type]
         if reply is not None:
             if not reply.done():
                 reply.set_result(message)
             return
+        self._emit(message)
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
         for callback in (*self._callbacks.get(kind, ()), *self._callbacks.get("*", ())):
             result = callback(message)
             if inspect.isawaitable(result):
@@ -280,15 +320,65 @@ class ObservatoryClient:
         except asyncio.QueueFull:
             self.dropped_events += 1
 
+    def _notice(self, kind: str, **data: Any) -> None:
+        """A client-side event (reconnecting, connected, ...) in the same stream as the server's."""
+        self._emit({"type": kind, "data": data, "timestamp": int(time.time() * 1000)})
+
     def _on_disconnected(self) -> None:
         self._transport = None
         self.info = None
         for reply in self._pending.values():
             if not reply.done():
                 reply.set_exception(ConnectionClosedError(f"connection closed ({self.close_code})"))
+        was_established = self._connected is not None and self._connected.done()
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(ConnectionClosedError("closed before connection_established"))
+        if self.auto_reconnect and not self._closing and was_established and self._reconnecting is None:
+            self._reconnecting = asyncio.ensure_future(self._reconnect())
+        elif self._reconnecting is None:
+            self._end_stream()
+
+    def _end_stream(self) -> None:
         try:
             self._queue.put_nowait(_CLOSED)
         except asyncio.QueueFull:
             pass
+
+    def reconnect_delay(self, attempt: int) -> float:
+        """Full jitter: uniform between 0 and the doubled base, capped (attempt 1: up to 1 s)."""
+        return random.uniform(0, min(self.reconnect_max, self.reconnect_base * 2 ** (attempt - 1)))
+
+    async def _reconnect(self) -> None:
+        try:
+            for attempt in range(1, self.max_reconnect_attempts + 1):
+                delay = self.reconnect_delay(attempt)
+                if attempt == 1 and self._reconnect_after is not None:
+                    delay = self._reconnect_after  # the server spread its clients' returns: keep to it
+                self._notice("reconnecting", attempt=attempt, delay=round(delay, 3))
+                await asyncio.sleep(delay)
+                try:
+                    await self.connect()
+                    await self._restore()
+                except (OSError, TimeoutError, ConnectionClosedError, ClientError, WSError) as exc:
+                    log.info("reconnect attempt %d failed: %s", attempt, exc)
+                    if self._transport is not None:
+                        self._transport.disconnect(graceful=False)
+                    continue
+                self._reconnect_after = None
+                self._notice("connected")
+                self._notice("reconnected", attempt=attempt)
+                return
+            self._notice("reconnect_failed", attempts=self.max_reconnect_attempts)
+            self._end_stream()
+        finally:
+            self._reconnecting = None
+
+    async def _restore(self) -> None:
+        """Subscribe again to everything; the last one carries the resume, covering all of them."""
+        previous = list(self._subscriptions.values())
+        self._subscriptions.clear()
+        resume = None
+        if self.last_epoch is not None and self.last_seq is not None:
+            resume = {"epoch": self.last_epoch, "seq": self.last_seq}
+        for index, filters in enumerate(previous):
+            await self.subscribe(filters, resume=resume if index == len(previous) - 1 else None)

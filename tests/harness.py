@@ -78,6 +78,8 @@ class ServerProcess:
         if self.secret is not None:
             options.setdefault("token", self.token())
         options.setdefault("ssl_context", self.ssl_context)
+        # Most tests watch the server close a client on purpose; reconnection tests opt back in.
+        options.setdefault("auto_reconnect", False)
         return ObservatoryClient(self.url, **options)
 
     def authorization(self) -> dict[str, str]:
