@@ -80,7 +80,8 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         log.info(
-            "observatory serving ws://%s:%d/ with %d workers; producers push to %s",
+            "observatory serving %s://%s:%d/ with %d workers; producers push to %s",
+            scheme_of(self.settings),
             self.settings.host,
             self.settings.port,
             self.settings.workers,
@@ -370,6 +371,8 @@ def local_address(settings: Settings, auth: AuthSetup) -> str | None:
     if auth.signing_key is None:
         return None
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address in a URL
     token = mint_token(
         auth.signing_key,
         auth.algorithm,
@@ -377,8 +380,14 @@ def local_address(settings: Settings, auth: AuthSetup) -> str | None:
         projects=None,
         permissions=["admin"],
         ttl=LOCAL_TOKEN_TTL,
+        audience=settings.jwt_audience or None,
+        issuer=settings.jwt_issuer or None,
     )
-    return f"ws://{host}:{settings.port}/?token={token}"
+    return f"{scheme_of(settings)}://{host}:{settings.port}/?token={token}"
+
+
+def scheme_of(settings: Settings) -> str:
+    return "wss" if settings.ssl_cert_path else "ws"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,9 @@ from core.protocol import close_echo_code
 log = logging.getLogger("observatory.client")
 
 EventCallback = Callable[[dict[str, Any]], Any]
+# Closes that coming back cannot mend: a bad or expired token, a revoked session, a protocol fault.
+FINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 4001, 4003})
+REFUSED_STATUSES = frozenset({401, 403})
 _CLOSED = object()
 
 
@@ -300,10 +303,11 @@ class ObservatoryClient:
         elif kind == "server_shutdown":
             after = message.get("data", {}).get("reconnectAfter")
             self._reconnect_after = after / 1000 if isinstance(after, int | float) else None
-        reply = self._pending.get(message.get("requestId"))  # type: ignore[arg-type]
-        if reply is not None:
-            if not reply.done():
-                reply.set_result(message)
+        # The first answer to a request resolves it; a later one with the same requestId (resumed,
+        # resume_failed after subscription_confirmed) is an event like any other.
+        reply = self._pending.pop(message.get("requestId"), None)  # type: ignore[arg-type]
+        if reply is not None and not reply.done():
+            reply.set_result(message)
             return
         self._emit(message)
 
@@ -333,7 +337,14 @@ class ObservatoryClient:
         was_established = self._connected is not None and self._connected.done()
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(ConnectionClosedError("closed before connection_established"))
-        if self.auto_reconnect and not self._closing and was_established and self._reconnecting is None:
+        retry = self.close_code not in FINAL_CLOSE_CODES
+        if (
+            self.auto_reconnect
+            and retry
+            and not self._closing
+            and was_established
+            and self._reconnecting is None
+        ):
             self._reconnecting = asyncio.ensure_future(self._reconnect())
         elif self._reconnecting is None:
             self._end_stream()
@@ -363,6 +374,12 @@ class ObservatoryClient:
                     log.info("reconnect attempt %d failed: %s", attempt, exc)
                     if self._transport is not None:
                         self._transport.disconnect(graceful=False)
+                    response = getattr(exc, "response", None)
+                    status = getattr(getattr(response, "status", None), "value", None)
+                    if status in REFUSED_STATUSES:  # the token will not get better by waiting
+                        self._notice("reconnect_failed", attempts=attempt, status=status)
+                        self._end_stream()
+                        return
                     continue
                 self._reconnect_after = None
                 self._notice("connected")

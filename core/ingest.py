@@ -33,6 +33,9 @@ RESERVED_TYPES = frozenset(
         "project_activity",
         "server_shutdown",
         "resume_failed",
+        "resumed",
+        "epoch_changed",
+        "token_refreshed",
     }
 )
 

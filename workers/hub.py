@@ -233,7 +233,8 @@ class Hub:
             client.expiry = None
         expires_at = client.principal.expires_at
         if expires_at is not None and self.auth.verifier is not None:
-            delay = max(expires_at - time.time(), 0.0)
+            # The same leeway as at the handshake: a token admitted there is not dropped at once.
+            delay = max(expires_at + self.auth.verifier.leeway - time.time(), 0.0)
             client.expiry = self.loop.call_later(
                 delay, client.close, Disconnect(CloseCode.TOKEN_EXPIRED, "token expired")
             )
@@ -244,17 +245,19 @@ class Hub:
         self.counters.closed(client.address_cells)
         if client.expiry is not None:
             client.expiry.cancel()
-        session_id = client.principal.session
-        if session_id is not None:
-            peers = self.by_session.get(session_id)
-            if peers is not None:
-                peers.discard(client)
-                if not peers:
-                    del self.by_session[session_id]
+        self._forget_session(client)
         for key in client.subscription_keys:
             self.index.unsubscribe(client, key)
         client.subscription_keys.clear()
         log.debug("client %s disconnected", client.id)
+
+    def _forget_session(self, client: ClientSession) -> None:
+        session_id = client.principal.session
+        peers = self.by_session.get(session_id) if session_id is not None else None
+        if peers is not None:
+            peers.discard(client)
+            if not peers:
+                del self.by_session[session_id]  # type: ignore[arg-type]
 
     def check_backlog(self, client: ClientSession) -> None:
         if client.pending_bytes() > self.settings.max_pending_bytes:
@@ -538,7 +541,10 @@ class Hub:
         if candidate.session is not None and candidate.session in self.revoked:
             self._refuse(client, ProtocolError(ErrorCode.UNAUTHORIZED, "session revoked", request.request_id))
             return
+        self._forget_session(client)
         client.principal = candidate
+        if candidate.session is not None:
+            self.by_session.setdefault(candidate.session, set()).add(client)
         self._arm_expiry(client)
         # A narrower token keeps only the subscriptions it still allows.
         dropped = [
@@ -549,7 +555,8 @@ class Hub:
         for key in dropped:
             self.index.unsubscribe(client, key)
             client.subscription_keys.discard(key)
-        data = {"expiresAt": candidate.expires_at, "droppedSubscriptions": dropped}
+        expires_ms = None if candidate.expires_at is None else int(candidate.expires_at * 1000)
+        data = {"expiresAt": expires_ms, "droppedSubscriptions": dropped}
         client.send(encode_message("token_refreshed", data, now_ms(), request.request_id))
 
     # --- queries to the ingest --------------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
+
 from core.auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenVerifier
 from core.config import Settings
 from core.errors import ConfigError
@@ -71,6 +73,14 @@ def _algorithms(
     return chosen
 
 
+def _loads_as(key: str, algorithm: str) -> bool:
+    try:
+        jwt.algorithms.get_default_algorithms()[algorithm].prepare_key(key)
+    except (ValueError, TypeError, jwt.PyJWTError, KeyError):
+        return False
+    return True
+
+
 def load_auth(settings: Settings, env: Mapping[str, str]) -> AuthSetup:
     if not settings.auth:
         return AuthSetup(None, None)
@@ -83,6 +93,11 @@ def load_auth(settings: Settings, env: Mapping[str, str]) -> AuthSetup:
             )
         key = _read(settings.jwt_public_key_file, "jwt_public_key_file")
         algorithms = _algorithms(settings, ASYMMETRIC_ALGORITHMS, ("RS256", "ES256"), "a public key")
+        if not any(_loads_as(key, algorithm) for algorithm in algorithms):
+            raise ConfigError(
+                f"jwt_public_key_file {settings.jwt_public_key_file} holds no public key usable with "
+                f"{', '.join(algorithms)}"
+            )
         verifier = TokenVerifier(key, algorithms, audience, issuer, settings.jwt_leeway)
         return AuthSetup(verifier, None)
     generated_at = None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from workers.hub import Hub
 
 TEXT = WSMsgType.TEXT
+CLOSE_LINGER = 1.0  # seconds to wait for the peer's close frame before closing TCP ourselves
 CLOSE_GRACE = 5.0  # seconds a closed peer has to read what is queued, the close frame last
 
 
@@ -65,6 +66,8 @@ class ClientSession(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
+        if self.closed and kind != WSMsgType.CLOSE:
+            return  # closing: the peer's answer is all we wait for
         if kind == TEXT or kind == WSMsgType.BINARY:
             if self._fragments is not None:
                 self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one"))
@@ -130,15 +133,19 @@ class ClientSession(WSListener):
         self.closed = True
         transport = self.transport
         transport.send_close(WSCloseCode(decision.code), decision.reason.encode()[:120])
-        transport.disconnect(graceful=True)
+        # RFC 6455 7.1.1: wait for the peer's close frame before closing TCP. Closing at once with the
+        # peer's data still unread makes the kernel send a reset, which can destroy our close frame
+        # before the peer reads it (a flooding client would never learn why it was dropped).
+        loop = asyncio.get_running_loop()
+        loop.call_later(CLOSE_LINGER, self._disconnect_if_lingering, transport, True)
         # A graceful close waits for the peer to take what is queued; a stalled peer never does, and
         # would hold its socket and buffers forever. Give it a moment to read the close, then abort.
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort_if_lingering, transport)
+        loop.call_later(CLOSE_GRACE, self._disconnect_if_lingering, transport, False)
 
     @staticmethod
-    def _abort_if_lingering(transport: WSTransport) -> None:
+    def _disconnect_if_lingering(transport: WSTransport, graceful: bool) -> None:
         if not transport.is_disconnected:
-            transport.disconnect(graceful=False)
+            transport.disconnect(graceful=graceful)
 
     def peer(self) -> str:
         if self.transport is None:

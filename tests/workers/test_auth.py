@@ -44,6 +44,14 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with half a second of clock leeway, so expiry can be watched quickly."""
+    server = start_server(tmp_path_factory.mktemp("tight"), workers=1, jwt_leeway=0.5)
+    yield server
+    server.stop()
+
+
 def claims(**overrides: object) -> dict[str, object]:
     now = int(time.time())
     base: dict[str, object] = {
@@ -178,28 +186,42 @@ async def test_queries_are_scoped_to_the_token_projects(server: ServerProcess) -
     await client.close()
 
 
-async def test_an_expired_token_closes_the_connection_with_4001(server: ServerProcess) -> None:
-    token = server.token(ttl=2)
+async def test_an_expired_token_closes_the_connection_with_4001(tight: ServerProcess) -> None:
+    token = tight.token(ttl=2)
     expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
-    client = server.client(token=token)
+    client = tight.client(token=token)
     await client.connect()
     assert await next_event(client, "never", 6) is None
     closed_at = time.time()
     assert client.close_code == 4001 and client.close_reason == "token expired"
-    assert expires_at - 0.05 <= closed_at < expires_at + 2
+    assert expires_at + 0.5 - 0.05 <= closed_at < expires_at + 2.5  # at exp plus the leeway
 
 
-async def test_a_refreshed_token_keeps_the_connection_open(server: ServerProcess) -> None:
-    client = server.client(token=server.token(ttl=1.5))
+async def test_a_refreshed_token_keeps_the_connection_open(tight: ServerProcess) -> None:
+    client = tight.client(token=tight.token(ttl=1))
     await client.connect()
-    refreshed = await client.refresh_token(server.token(ttl=600))
-    assert refreshed["expiresAt"] > time.time() + 500
+    refreshed = await client.refresh_token(tight.token(ttl=600))
+    assert refreshed["expiresAt"] > (time.time() + 500) * 1000  # epoch milliseconds
     await asyncio.sleep(2.5)
     assert client.is_connected and await client.ping() >= 0
     with pytest.raises(ClientError) as other_user:
-        await client.refresh_token(server.token(user="mallory", ttl=900))
+        await client.refresh_token(tight.token(user="mallory", ttl=900))
     assert other_user.value.code == "UNAUTHORIZED"
     await client.close()
+
+
+async def test_refreshing_to_another_session_moves_the_connection_for_revocation(
+    server: ServerProcess,
+) -> None:
+    client = server.client(token=server.token(session="sid-before", ttl=60))
+    await client.connect()
+    await client.refresh_token(server.token(session="sid-after", ttl=120))
+    server.producer().publish("revoke_session", {"sid": "sid-before"})
+    await asyncio.sleep(0.5)
+    assert client.is_connected
+    server.producer().publish("revoke_session", {"sid": "sid-after"})
+    assert await next_event(client, "never", 3) is None
+    assert client.close_code == 4003
 
 
 async def test_a_narrower_refreshed_token_drops_what_it_no_longer_allows(server: ServerProcess) -> None:
