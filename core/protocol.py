@@ -55,7 +55,11 @@ _NEVER_SENT_CLOSE_CODES = frozenset({0, 1005, 1006, 1015})
 
 def close_echo_code(received: int) -> int:
     """The code to answer a peer's close frame with: its own, unless that may not go on the wire."""
-    return CloseCode.NORMAL if received in _NEVER_SENT_CLOSE_CODES else received
+    if received in _NEVER_SENT_CLOSE_CODES:
+        return CloseCode.NORMAL
+    if received >= 5000:  # RFC 6455 7.4.2 assigns codes up to 4999 only: the peer broke the protocol
+        return CloseCode.PROTOCOL_ERROR
+    return received
 
 
 @dataclass(frozen=True, slots=True)

@@ -506,7 +506,11 @@ class Hub:
         if request.subscription_key is None and request.filters is None:
             keys = sorted(client.subscription_keys)
         else:
-            key = request.subscription_key or self._key_of(client, request.filters)
+            key = (
+                request.subscription_key
+                if request.subscription_key is not None
+                else self._key_of(client, request.filters)
+            )
             if key not in client.subscription_keys:
                 self._refuse(
                     client,

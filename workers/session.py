@@ -68,6 +68,10 @@ class ClientSession(WSListener):
         kind = frame.msg_type
         if self.closed and kind != WSMsgType.CLOSE:
             return  # closing: the peer's answer is all we wait for
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 5.2: no extension was negotiated, so no reserved bit may be set.
+            self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "reserved bits set"))
+            return
         if kind == TEXT or kind == WSMsgType.BINARY:
             if self._fragments is not None:
                 self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one"))

@@ -23,6 +23,7 @@ from core.protocol import (
     Subscribe,
     Unsubscribe,
     capabilities,
+    close_echo_code,
     encode_error,
     encode_message,
     parse_client_message,
@@ -402,3 +403,22 @@ def test_capabilities() -> None:
     assert caps["messageTypes"] == list(CLIENT_MESSAGE_TYPES)
     assert caps["protocolVersion"] == 1
     orjson.dumps(caps)
+
+
+@pytest.mark.parametrize(
+    ("received", "answer"),
+    [
+        (1000, 1000),
+        (1001, 1001),
+        (4001, 4001),
+        (4999, 4999),
+        (0, 1000),
+        (1005, 1000),
+        (1006, 1000),
+        (1015, 1000),
+        (5000, 1002),
+        (65535, 1002),
+    ],
+)
+def test_close_echo_code(received: int, answer: int) -> None:
+    assert close_echo_code(received) == answer
