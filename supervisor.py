@@ -38,6 +38,8 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
 STABLE_AFTER = 10.0  # a child that lived this long resets its slot's restart backoff
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 10.0
+CRASH_LOOP_LIMIT = 5  # this many short lives in a row and a slot is given up
+EXIT_CRASH_LOOP = 4
 LOCAL_TOKEN_TTL = 7 * 86_400.0
 
 
@@ -53,6 +55,10 @@ class Slot:
     last_beat: float = 0.0
     failures: int = 0
     restart_at: float | None = None
+    generation: int = 0  # bumped at each start: a successor never shares its predecessor's counters
+    abandoned: bool = False  # a crash loop: no more restarts
+    # Predecessors still draining after a rolling restart: pid -> (beat fd, when to kill it).
+    retiring: dict[int, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -70,8 +76,11 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.slots = [Slot("ingest", 0)] + [Slot("worker", i) for i in range(1, self.settings.workers + 1)]
-        # Made before any fork, so every worker maps the same memory.
-        self.counters = SharedCounters(self.settings.workers)
+        # Made before any fork, so every worker maps the same memory; two rows a slot, so that during a
+        # rolling restart the successor and its draining predecessor each count their own.
+        self.counters = SharedCounters(2 * self.settings.workers)
+        self.roll_queue: list[Slot] = []
+        self.rolling: tuple[Slot, int] | None = None
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = os.pipe()
 
@@ -96,6 +105,7 @@ class Supervisor:
             self._reap(restart=self.running)
             self._check_liveness()
             self._respawn_due()
+            self._advance_roll()
         self._stop_children()
         log.info("observatory stopped (exit %d)", self.exit_code)
         return self.exit_code
@@ -129,12 +139,13 @@ class Supervisor:
                 self.running = False
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP: restarting workers one at a time")
-                self._restart_workers()
+                self.roll_queue = [s for s in self.slots if s.role == "worker" and s.pid is not None]
 
     # --- children -----------------------------------------------------------------------------
 
     def _spawn(self, slot: Slot) -> None:
         beat_r, beat_w = os.pipe()
+        slot.generation += 1
         sys.stdout.flush()
         sys.stderr.flush()
         parent_pid = os.getpid()
@@ -161,6 +172,8 @@ class Supervisor:
         for other in self.slots:
             if other.beat_fd is not None:
                 os.close(other.beat_fd)
+            for fd, _ in other.retiring.values():
+                os.close(fd)
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
         self.selector.close()
@@ -174,7 +187,7 @@ class Supervisor:
         die_with_parent(parent_pid)
         if slot.role == "ingest":
             return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))
-        row = self.counters.writer(slot.index - 1)
+        row = self.counters.writer(2 * (slot.index - 1) + slot.generation % 2)
         return run_child(
             slot.name, lambda: worker.serve(self.settings, self.auth, row, slot.index, beat_fd, parent_pid)
         )
@@ -191,6 +204,8 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self._retired(pid, status):
+                continue
             slot = self._slot_of(pid)
             if slot is None:
                 continue
@@ -206,9 +221,62 @@ class Supervisor:
                 self.running = False
                 continue
             slot.failures = 0 if lived >= STABLE_AFTER else slot.failures + 1
+            if slot.failures >= CRASH_LOOP_LIMIT:
+                self._abandon(slot, pid, how)
+                continue
             delay = 0.0 if slot.failures == 0 else min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
             slot.restart_at = time.monotonic() + delay
             log.warning("%s (pid %d) %s after %.1fs; restarting in %.2fs", slot.name, pid, how, lived, delay)
+
+    def _abandon(self, slot: Slot, pid: int, how: str) -> None:
+        slot.abandoned = True
+        log.error(
+            "%s (pid %d) %s: it died %d times in a row within %.0fs of starting; no more restarts",
+            slot.name,
+            pid,
+            how,
+            slot.failures,
+            STABLE_AFTER,
+        )
+        workers = [s for s in self.slots if s.role == "worker"]
+        if slot.role == "ingest" or all(s.abandoned for s in workers):
+            log.error(
+                "observatory cannot serve without %s: stopping",
+                "its ingest" if slot.role == "ingest" else "workers",
+            )
+            self.exit_code = EXIT_CRASH_LOOP
+            self.running = False
+
+    def _retired(self, pid: int, status: int) -> bool:
+        for slot in self.slots:
+            if pid in slot.retiring:
+                fd, _ = slot.retiring.pop(pid)
+                self.selector.unregister(fd)
+                os.close(fd)
+                log.info("%s's predecessor (pid %d) %s", slot.name, pid, _describe_status(status))
+                return True
+        return False
+
+    def _advance_roll(self) -> None:
+        """Rolling restart: start a successor, and once it beats, tell the old worker to hand over."""
+        if self.rolling is not None:
+            slot, old_pid = self.rolling
+            if slot.pid is None or slot.last_beat <= slot.started:
+                return  # the successor is not up yet
+            fd, _ = slot.retiring[old_pid]
+            slot.retiring[old_pid] = (fd, time.monotonic() + self.settings.graceful_timeout)
+            _kill(old_pid, signal.SIGUSR2)
+            self.rolling = None
+        while self.rolling is None and self.roll_queue and self.running:
+            slot = self.roll_queue.pop(0)
+            if slot.pid is None or slot.abandoned or slot.beat_fd is None:
+                continue
+            old_pid = slot.pid
+            self.selector.modify(slot.beat_fd, selectors.EVENT_READ, None)  # its beats no longer count
+            slot.retiring[old_pid] = (slot.beat_fd, float("inf"))
+            slot.pid = slot.beat_fd = None
+            self._spawn(slot)
+            self.rolling = (slot, old_pid)
 
     def _forget(self, slot: Slot) -> None:
         if slot.beat_fd is not None:
@@ -218,6 +286,11 @@ class Supervisor:
 
     def _check_liveness(self) -> None:
         now = time.monotonic()
+        for slot in self.slots:
+            for pid, (_, kill_at) in slot.retiring.items():
+                if now > kill_at:
+                    log.warning("%s's predecessor (pid %d) is still draining: killing it", slot.name, pid)
+                    _kill(pid, signal.SIGKILL)
         for slot in self.slots:
             if slot.pid is not None and now - slot.last_beat > self.settings.worker_timeout:
                 log.error(
@@ -232,22 +305,12 @@ class Supervisor:
     def _respawn_due(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            if slot.pid is None and slot.restart_at is not None and now >= slot.restart_at:
-                self._spawn(slot)
-
-    def _restart_workers(self) -> None:
-        """Replace each worker in turn; the others keep serving the shared port meanwhile."""
-        for slot in self.slots:
-            if slot.role != "worker" or slot.pid is None:
-                continue
-            old_pid = slot.pid
-            _kill(old_pid, signal.SIGTERM)
-            self._wait_for(lambda pid=old_pid: self._slot_of(pid) is None, self.settings.graceful_timeout)
-            if self._slot_of(old_pid) is not None:
-                _kill(old_pid, signal.SIGKILL)
-                self._wait_for(lambda pid=old_pid: self._slot_of(pid) is None, 5.0)
-            slot.failures = 0
-            if slot.pid is None:
+            if (
+                slot.pid is None
+                and not slot.abandoned
+                and slot.restart_at is not None
+                and now >= slot.restart_at
+            ):
                 self._spawn(slot)
 
     def _wait_for(self, done: Callable[[], bool], timeout: float) -> None:
@@ -259,15 +322,18 @@ class Supervisor:
     def _stop_children(self) -> None:
         """Workers first (they tell their clients), then the ingest; SIGKILL what overstays."""
         for role in ("worker", "ingest"):
-            group = [s for s in self.slots if s.role == role and s.pid is not None]
-            for slot in group:
-                _kill(slot.pid, signal.SIGTERM)
-            self._wait_for(lambda g=group: all(s.pid is None for s in g), self.settings.graceful_timeout)
-            for slot in group:
-                if slot.pid is not None:
-                    log.warning("%s (pid %d) did not stop in time: killing it", slot.name, slot.pid)
-                    _kill(slot.pid, signal.SIGKILL)
-            self._wait_for(lambda g=group: all(s.pid is None for s in g), 5.0)
+            group = [s for s in self.slots if s.role == role]
+
+            def alive(group: list[Slot] = group) -> list[int]:
+                return [pid for s in group for pid in ([s.pid] if s.pid else []) + list(s.retiring)]
+
+            for pid in alive():
+                _kill(pid, signal.SIGTERM)
+            self._wait_for(lambda: not alive(), self.settings.graceful_timeout)
+            for pid in alive():
+                log.warning("pid %d did not stop in time: killing it", pid)
+                _kill(pid, signal.SIGKILL)
+            self._wait_for(lambda: not alive(), 5.0)
 
 
 def _kill(pid: int | None, signum: int) -> None:

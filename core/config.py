@@ -240,6 +240,14 @@ class Settings:
         high=86_400.0,
     )
 
+    drain_window: float = _option(
+        5.0,
+        "OBSERVATORY_DRAIN_WINDOW",
+        "Seconds over which a stopping worker closes its clients (each told to come back after a delay "
+        "spread over the same span), so they do not all reconnect at once.",
+        low=0.0,
+        high=3600.0,
+    )
     graceful_timeout: float = _option(
         10.0,
         "OBSERVATORY_GRACEFUL_TIMEOUT",
@@ -388,6 +396,11 @@ def load_settings(
 
 def _check_together(settings: Settings) -> Settings:
     """Constraints between options, which no single option's bounds can express."""
+    if settings.drain_window + 2 > settings.graceful_timeout:
+        raise ConfigError(
+            f"drain_window ({settings.drain_window:g}) must leave graceful_timeout "
+            f"({settings.graceful_timeout:g}) at least 2 s more, or the supervisor kills workers mid-drain"
+        )
     if bool(settings.ssl_cert_path) != bool(settings.ssl_key_path):
         raise ConfigError("ssl_cert_path and ssl_key_path go together: give both or neither")
     if settings.heartbeat_timeout > settings.heartbeat_interval:

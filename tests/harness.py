@@ -107,7 +107,8 @@ class ServerProcess:
         found = []
         for child in self.children():
             with contextlib.suppress(psutil.NoSuchProcess):
-                if child.name().startswith(prefix):
+                # A killed child stays a zombie, still named, until the supervisor reaps it.
+                if child.name().startswith(prefix) and child.status() != psutil.STATUS_ZOMBIE:
                     found.append(child.pid)
         return found
 
@@ -144,6 +145,7 @@ def spawn(
         # Tests open many connections from one address; the per-address defaults are for the open network.
         "max_connections_per_ip": 10_000,
         "max_handshakes_per_ip": 1_000_000,
+        "drain_window": 1,  # stopping servers in tests need not pace their clients for long
         **options,
     }
     argv = [sys.executable, str(ROOT / "supervisor.py")]

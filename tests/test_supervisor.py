@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jwt
@@ -311,3 +312,62 @@ def test_token_command_refuses_without_projects_and_with_a_public_key(tmp_path: 
 def test_bad_key_configuration_is_a_clear_error(env: dict[str, str], expected: str) -> None:
     result = run_observatory([], {"OBSERVATORY_JWT_SECRET": "", **env})
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_a_rolling_restart_refuses_no_handshake_even_with_one_worker(tmp_path: Path) -> None:
+    server = await asyncio.to_thread(start_server, tmp_path, 1, drain_window=1)
+    try:
+        (before,) = server.pids_named("obs-worker-1")
+        staying = server.client(auto_reconnect=True, reconnect_base=0.1)
+        await staying.connect()
+        server.proc.send_signal(signal.SIGHUP)
+        outcomes = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            client = server.client()
+            try:
+                await client.connect(timeout=3)
+                outcomes.append("ok")
+                await client.close()
+            except Exception as exc:
+                outcomes.append(repr(exc))
+            await asyncio.sleep(0.05)
+        assert outcomes and all(o == "ok" for o in outcomes), [o for o in outcomes if o != "ok"][:3]
+        after = server.pids_named("obs-worker-1")
+        assert after and before not in after
+        assert await next_event(staying, "reconnected", 10) is not None  # handed over, and came back
+        await staying.close()
+    finally:
+        server.stop()
+
+
+async def test_sigterm_paces_the_goodbyes_and_refuses_newcomers(tmp_path: Path) -> None:
+    server = await asyncio.to_thread(start_server, tmp_path, 1, drain_window=2, graceful_timeout=6)
+    try:
+        clients = [server.client() for _ in range(20)]
+        await asyncio.gather(*(c.connect() for c in clients))
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        refused = server.client()
+        with pytest.raises(Exception, match="503"):
+            await refused.connect(timeout=3)
+        notices = await asyncio.gather(*(next_event(c, "server_shutdown", 5) for c in clients))
+        arrivals = sorted(n["timestamp"] for n in notices if n)
+        assert len(arrivals) == 20 and arrivals[-1] - arrivals[0] >= 1500  # spread over the window
+        delays = {n["data"]["reconnectAfter"] for n in notices if n}
+        assert len(delays) > 10 and all(1000 <= d <= 3000 for d in delays)
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    finally:
+        server.stop()
+
+
+def test_a_crash_loop_stops_the_restarts_of_that_slot(own_server: ServerProcess) -> None:
+    victims: list[int] = []
+    for _ in range(5):
+        wait_until(lambda: set(own_server.pids_named("obs-worker-1")) - set(victims), 15, "worker 1 back")
+        victims.append(signal_child(own_server, "obs-worker-1", signal.SIGKILL))
+    wait_until(lambda: "no more restarts" in own_server.log(), 10, "the crash loop to be reported")
+    time.sleep(1.0)
+    assert own_server.pids_named("obs-worker-1") == []
+    assert own_server.proc.poll() is None  # worker 2 still serves
+    assert len(own_server.pids_named("obs-worker-2")) == 1

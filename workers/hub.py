@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from core.auth import (
     scope_query,
 )
 from core.config import Settings
+from core.drain import drain_plan
 from core.filters import SubscriptionFilters
 from core.index import SubscriptionIndex
 from core.limits import AdmissionLimits, Reject, ip_cells
@@ -76,7 +78,6 @@ log = logging.getLogger("observatory.worker")
 CONTROL_FRAME = b"control"
 BUS_BATCH = 256
 QUERY_BATCH = 256
-RECONNECT_AFTER_MS = 5000  # the specification's value
 MAX_REMEMBERED_REVOCATIONS = 100_000
 REVOKED_QUERY_ID = b"revoked-sessions"
 
@@ -631,18 +632,21 @@ class Hub:
 
     # --- shutdown -----------------------------------------------------------------------------
 
-    async def drain(self, grace: float) -> None:
-        """Tell every client to come back later, close them with 1001, and wait a bounded time."""
+    async def drain(self, window: float, grace: float) -> None:
+        """Let every client go, paced over ``window``: server_shutdown, then 1001; wait for the rest."""
         self.draining = True
-        notice = encode_message(
-            "server_shutdown",
-            {"message": "server is shutting down", "reconnectAfter": RECONNECT_AFTER_MS},
-            now_ms(),
-        )
-        for client in list(self.clients.values()):
-            client.send(notice)
+        leaving = list(self.clients.values())
+        started = self.loop.time()
+        for client, farewell in zip(leaving, drain_plan(len(leaving), window, random.Random()), strict=True):
+            delay = started + farewell.close_at - self.loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if client.closed:
+                continue
+            data = {"message": "server is shutting down", "reconnectAfter": farewell.reconnect_after_ms}
+            client.send(encode_message("server_shutdown", data, now_ms()))
             client.close(Disconnect(CloseCode.GOING_AWAY, "server shutdown"))
-        deadline = self.loop.time() + grace
+        deadline = self.loop.time() + grace  # their pending output drains meanwhile
         while self.clients and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
 

@@ -40,8 +40,18 @@ async def serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # SIGTERM: the server stops; keep listening so new handshakes get 503 while clients drain.
+    # SIGUSR2: a successor has taken over the port; stop listening at once so it gets the newcomers.
+    handing_over = False
+
+    def hand_over() -> None:
+        nonlocal handing_over
+        handing_over = True
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, hand_over)
     tls = tls_context(settings)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     hub = Hub(settings, worker_id, auth, counters, context, loop)
@@ -67,8 +77,10 @@ async def serve(
     log.info("worker %d serving %s://%s:%d/", worker_id, "wss" if tls else "ws", settings.host, settings.port)
 
     await stop.wait()
+    if handing_over:
+        server.close()
+    await hub.drain(settings.drain_window, DRAIN_GRACE)
     server.close()
-    await hub.drain(DRAIN_GRACE)
     liveness.stop()
     hub.detach()
     context.term()
