@@ -171,6 +171,8 @@ class ObservatoryClient:
         """Hand the server a newer token before the current one expires (else it closes with 4001)."""
         reply = await self.request("refresh_token", {"token": token})
         self.token = token
+        for key in reply["data"].get("droppedSubscriptions", ()):
+            self._subscriptions.pop(key, None)
         return dict(reply["data"])
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -200,7 +202,8 @@ class ObservatoryClient:
         finally:
             self._pending.pop(request_id, None)
         if message["type"] in ("error", "subscription_error"):
-            raise ClientError(message["data"]["code"], message["data"]["message"])
+            data = message["data"]
+            raise ClientError(data["code"], data["message"], data)
         return message
 
     def send(self, message: Mapping[str, Any]) -> None:
@@ -391,11 +394,22 @@ class ObservatoryClient:
             self._reconnecting = None
 
     async def _restore(self) -> None:
-        """Subscribe again to everything; the last one carries the resume, covering all of them."""
-        previous = list(self._subscriptions.values())
-        self._subscriptions.clear()
-        resume = None
+        """Subscribe again to everything, each with the resume point, all but the last with
+        ``more``: the server holds live events from the first and replays once, for all of them."""
+        previous = list(self._subscriptions.values())  # keys are the filters' hash: they stay the same
+        position = None
         if self.last_epoch is not None and self.last_seq is not None:
-            resume = {"epoch": self.last_epoch, "seq": self.last_seq}
+            position = {"epoch": self.last_epoch, "seq": self.last_seq}
         for index, filters in enumerate(previous):
-            await self.subscribe(filters, resume=resume if index == len(previous) - 1 else None)
+            resume = None if position is None else {**position, "more": index < len(previous) - 1}
+            while True:
+                try:
+                    await self.subscribe(filters, resume=resume)
+                    break
+                except ClientError as refused:
+                    if refused.code != "RATE_LIMIT_EXCEEDED":
+                        raise
+                    retry_after = refused.details.get("retryAfter", 1000)
+                    await asyncio.sleep(
+                        float(retry_after) / 1000 if isinstance(retry_after, int | float) else 1.0
+                    )

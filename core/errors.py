@@ -20,10 +20,11 @@ class BootError(ObservatoryError):
 class ClientError(ObservatoryError):
     """Raised by the Python client when the server answers a request with an error."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = details or {}  # the rest of the error's data, e.g. retryAfter
 
 
 class ConnectionClosedError(ObservatoryError):

@@ -57,7 +57,10 @@ class History:
             self.clear()  # a new run of sequence numbers (a new epoch): nothing older applies
         if self._count == self.max_events:
             self._drop_oldest()
-        self._ring[(self._first + self._count) % self.max_events] = StoredEvent(seq, header, payload, now_ms)
+        # orjson gives each result an allocation of at least 4 KiB whatever its length; an exact-size
+        # copy makes a history of 100,000 small events cost megabytes, not 800 MB.
+        event = StoredEvent(seq, bytes(memoryview(header)), bytes(memoryview(payload)), now_ms)
+        self._ring[(self._first + self._count) % self.max_events] = event
         self._count += 1
         self.expire(now_ms)
 

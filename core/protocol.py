@@ -92,6 +92,8 @@ class Resume:
 
     epoch: str
     seq: int
+    # More subscriptions follow before the replay: hold live events, replay after the last one.
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +244,10 @@ def _parse_subscribe(data: dict[str, Any], request_id: RequestId, max_values: in
             and not isinstance(seq, bool)
         ):
             return _invalid("resume must be {epoch: string, seq: integer >= 0}", request_id)
-        if seq < 0:
-            return _invalid("resume must be {epoch: string, seq: integer >= 0}", request_id)
-        resume = Resume(epoch, seq)
+        more = fields.get("more", False)
+        if seq < 0 or not isinstance(more, bool):
+            return _invalid("resume must be {epoch: string, seq: integer >= 0, more?: boolean}", request_id)
+        resume = Resume(epoch, seq, more)
     return Subscribe(filters, client_info, request_id, resume)
 
 

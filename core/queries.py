@@ -144,6 +144,7 @@ class HistoryAnswer:
     events: list[tuple[RoutingHeader, bytes]]
     complete: bool
     oldest: int
+    newest: int
 
 
 def decode_history(frames: list[bytes]) -> HistoryAnswer | QueryFailure:
@@ -151,6 +152,8 @@ def decode_history(frames: list[bytes]) -> HistoryAnswer | QueryFailure:
         summary = orjson.loads(frames[0])
         pairs = frames[1:]
         events = [(RoutingHeader.decode(pairs[i]), pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)]
-        return HistoryAnswer(events, bool(summary["complete"]), int(summary["oldest"]))
+        return HistoryAnswer(
+            events, bool(summary["complete"]), int(summary["oldest"]), int(summary["newest"])
+        )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
         return QueryFailure("malformed history from the ingest")

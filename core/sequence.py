@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from core.routing import RoutingHeader
 
 Event = tuple[RoutingHeader, bytes]
+# Events held behind a hole: past this, the hole is given up as lost rather than memory spent.
+MAX_HELD = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class BusOrder:
             actions.append(self._new_epoch(header.epoch, header.seq))
         if self.repairing is not None:
             self.held.append((header, payload))
+            if len(self.held) >= MAX_HELD:
+                actions += self.on_repaired([])
             return actions
         return actions + self._advance([(header, payload)])
 
@@ -70,11 +74,23 @@ class BusOrder:
             actions.append(self.repairing)
         return actions
 
-    def on_repaired(self, events: list[Event]) -> list[Action]:
-        """History's answer to the pending repair (empty if it had nothing, or did not answer)."""
+    def on_repaired(self, events: list[Event], more: bool = False) -> list[Action]:
+        """History's answer to the pending repair (empty if it had nothing, or did not answer).
+
+        ``more``: history holds the rest of the range but sent only part of it (answers are
+        bounded); what it sent is delivered and the rest asked for, instead of counted lost.
+        """
         if self.repairing is None:
             return []
         wanted, self.repairing = self.repairing, None
+        if more and events:
+            newest = max(e[0].seq for e in events)
+            if newest < wanted.last:
+                self.repairing = Repair(wanted.first, newest)
+                done = self.on_repaired(events)
+                # Events held behind the hole are held again; ask for the rest of the range.
+                self.repairing = Repair(newest + 1, wanted.last)
+                return [a for a in done if not isinstance(a, Repair)] + [self.repairing]
         actions: list[Action] = []
         found = sorted((e for e in events if wanted.first <= e[0].seq <= wanted.last), key=lambda e: e[0].seq)
         delivered: list[Event] = []

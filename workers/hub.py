@@ -281,8 +281,9 @@ class Hub:
                 self._act(order.on_event(header, frames[1]))
 
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
+        seq = header.seq
         for client in self.index.match(header):
-            client.send_event(payload)
+            client.send_event(seq, payload)
 
     def _on_control(self, frames: list[bytes]) -> None:
         if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"beat":
@@ -302,7 +303,7 @@ class Hub:
                 self._request_repair(action)
             elif isinstance(action, Lost):
                 self.lost_events += action.last - action.first + 1
-                log.warning("events %d..%d are lost: history no longer holds them", action.first, action.last)
+                log.warning("events %d..%d are lost: history did not provide them", action.first, action.last)
             else:
                 self._on_new_epoch(action)
 
@@ -339,7 +340,7 @@ class Hub:
         waiting, self.waiting_resumes = self.waiting_resumes, []
         for client, resume, request_id in waiting:
             if not client.closed:
-                self._resume(client, resume, request_id)
+                self._start_resume(client, resume, request_id)
 
     def revoke(self, session_id: str) -> None:
         self.revoked[session_id] = None
@@ -426,10 +427,17 @@ class Hub:
     def _resume(self, client: ClientSession, resume: Resume, request_id: RequestId) -> None:
         """Replay what the client missed, for all it subscribes to now, then let live events follow."""
         if client.resumed:
-            self._resume_failed(client, "this connection has already resumed", request_id)
+            # Only a notice: held events belong to the replay already under way, which releases them.
+            data = {"reason": "this connection has already resumed", "epoch": self.order.epoch}
+            client.send(encode_message("resume_failed", data, now_ms(), request_id))
             return
-        client.resumed = True
         client.hold()
+        if resume.more:
+            return  # more subscriptions follow; the last one's resume replays for all of them
+        client.resumed = True
+        self._start_resume(client, resume, request_id)
+
+    def _start_resume(self, client: ClientSession, resume: Resume, request_id: RequestId) -> None:
         if self.order.epoch is None:  # this worker has not heard the bus yet: wait for its beat
             self.waiting_resumes.append((client, resume, request_id))
             return
@@ -493,7 +501,8 @@ class Hub:
             "replayed": job.replayed,
         }
         job.client.send(encode_message("resumed", data, now_ms(), job.request_id))
-        job.client.release()
+        # Held since the first of several restored subscriptions: the oldest of those the replay covered.
+        job.client.release(replayed_to=job.upto)
 
     def _resume_failed(self, client: ClientSession, reason: str, request_id: RequestId) -> None:
         client.send(
@@ -603,8 +612,13 @@ class Hub:
                 continue
             if frames[0] == self._repair_id:
                 self._repair_id = None
+                wanted = self.order.repairing
                 answer = decode_history(frames[1:])
-                self._act(self.order.on_repaired(answer.events if isinstance(answer, HistoryAnswer) else []))
+                if isinstance(answer, HistoryAnswer):
+                    more = wanted is not None and answer.newest >= wanted.last
+                    self._act(self.order.on_repaired(answer.events, more))
+                else:
+                    self._act(self.order.on_repaired([]))
                 continue
             job = self.resumes.pop(frames[0], None)
             if job is not None:

@@ -30,6 +30,17 @@ Decide = Callable[[WSUpgradeRequest, str | None], Any]
 READ_BUFFER_INITIAL = 16 * 1024
 
 
+def _accept_token_lists(request: WSUpgradeRequest) -> WSUpgradeRequest:
+    """RFC 6455 4.2.1 asks that Connection *include* the Upgrade token; Firefox sends
+    ``keep-alive, Upgrade``. picows validates after our factory and wants the bare token, so a
+    list that includes it is reduced to it here."""
+    connection = request.headers.get("Connection", "")
+    tokens = {token.strip().lower() for token in connection.split(",")}
+    if "upgrade" in tokens and connection.strip().lower() != "upgrade":
+        request.headers["Connection"] = "Upgrade"
+    return request
+
+
 class _PeerAwareProtocol(WSProtocol):  # type: ignore[misc]
     def __init__(self, decide: Decide, options: dict[str, Any]) -> None:
         self.peer: str | None = None
@@ -37,7 +48,7 @@ class _PeerAwareProtocol(WSProtocol):  # type: ignore[misc]
             None,  # host:port, client side only
             None,  # path, client side only
             False,  # is_client_side
-            lambda request: decide(request, self.peer),
+            lambda request: decide(_accept_token_lists(request), self.peer),
             options["logger"],
             True,  # disconnect_on_exception
             options["handshake_timeout"],

@@ -37,7 +37,7 @@ class ClientSession(WSListener):
         self.subscription_keys: set[str] = set()
         self.client_info: ClientInfo | None = None
         # While a resume replays history, live events wait here so they follow the replay in order.
-        self.held: list[bytes] | None = None
+        self.held: list[tuple[int, bytes]] | None = None
         self.held_bytes = 0
         self.resumed = False
         self.limiter = MessageLimiter(
@@ -110,11 +110,11 @@ class ClientSession(WSListener):
         if self.paused:
             self.hub.check_backlog(self)
 
-    def send_event(self, payload: bytes) -> None:
+    def send_event(self, seq: int, payload: bytes) -> None:
         if self.held is None:
             self.send(payload)
         else:
-            self.held.append(payload)
+            self.held.append((seq, payload))
             self.held_bytes += len(payload)
             if self.held_bytes > self.hub.settings.max_pending_bytes:
                 self.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
@@ -123,10 +123,12 @@ class ClientSession(WSListener):
         if self.held is None:
             self.held = []
 
-    def release(self) -> None:
+    def release(self, replayed_to: int = 0) -> None:
+        """Send what was held, but what the replay up to ``replayed_to`` already sent."""
         held, self.held, self.held_bytes = self.held or [], None, 0
-        for payload in held:
-            self.send(payload)
+        for seq, payload in held:
+            if seq > replayed_to:
+                self.send(payload)
 
     def pending_bytes(self) -> int:
         return 0 if self.transport is None else self.transport.underlying_transport.get_write_buffer_size()

@@ -64,7 +64,9 @@ async def test_killing_a_worker_while_events_flow_loses_nothing(own_server: Serv
     clients = [own_server.client(**FAST) for _ in range(12)]
     for client in clients:
         await client.connect()
-        await client.subscribe({"eventTypes": ["flow", "flow_end"]})
+        # Two subscriptions: the restore resubscribes both, holding live events until the replay.
+        await client.subscribe({"eventTypes": ["flow"]})
+        await client.subscribe({"eventTypes": ["flow_end"]})
     assert {c.info["capabilities"]["worker"] for c in clients if c.info} == {1, 2}
     streams = [asyncio.ensure_future(gather_stream(c, "flow_end", 40)) for c in clients]
     flow = asyncio.ensure_future(steady_flow(own_server, 450, 150))  # three seconds at 150/s

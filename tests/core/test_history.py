@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import orjson
 import pytest
 
 from core.history import History
@@ -60,3 +63,13 @@ def test_a_new_run_of_sequence_numbers_clears_the_old_one() -> None:
 def test_wraps_around_many_times() -> None:
     history = filled(1000, capacity=7)
     assert seqs(history, 990, 1000) == list(range(994, 1001))
+
+
+def test_stored_bytes_are_exact_size_copies() -> None:
+    history = History(2000, 1e12)
+    tracemalloc.start()
+    for seq in range(1, 2001):
+        history.append(seq, orjson.dumps([seq]), orjson.dumps({"seq": seq}), now_ms=0)
+    used, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert used < 2000 * 1024  # orjson's own results would hold 4 KiB each: 8 MB here

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from core.routing import RoutingHeader
-from core.sequence import BusOrder, Deliver, Event, Lost, NewEpoch, Repair
+from core.sequence import MAX_HELD, BusOrder, Deliver, Event, Lost, NewEpoch, Repair
 
 
 def ev(seq: int, epoch: str = "e1") -> Event:
@@ -108,3 +108,22 @@ def test_any_mix_of_drops_duplicates_and_reorders_delivers_each_seq_once_in_orde
         out += delivered(actions + order.on_repaired([ev(s) for s in range(wanted.first, wanted.last + 1)]))
         actions = []
     assert out == stream
+
+
+def test_a_long_hole_is_repaired_page_by_page_and_nothing_is_lost() -> None:
+    order = started(BusOrder())
+    assert order.on_event(*ev(10)) == [Repair(2, 9)]
+    first_page = order.on_repaired([ev(s) for s in range(2, 6)], more=True)
+    assert delivered(first_page) == [2, 3, 4, 5] and first_page[-1] == Repair(6, 9)
+    assert not any(isinstance(a, Lost) for a in first_page)
+    assert delivered(order.on_repaired([ev(s) for s in range(6, 10)])) == [6, 7, 8, 9, 10]
+
+
+def test_too_much_held_behind_a_hole_gives_the_hole_up() -> None:
+    order = started(BusOrder())
+    order.on_event(*ev(3))
+    actions: list[object] = []
+    for seq in range(4, 4 + MAX_HELD):
+        actions += order.on_event(*ev(seq))
+    assert Lost(2, 2) in actions and order.repairing is None
+    assert delivered(actions) == list(range(3, 4 + MAX_HELD))

@@ -49,6 +49,8 @@ def test_soak_smoke_run_reports_flat_memory_and_no_holes() -> None:
             "50",
             "--churn-every",
             "1",
+            "--churn",
+            "0.25",
             "--sample",
             "1",
             "--history-size",

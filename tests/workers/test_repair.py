@@ -161,3 +161,58 @@ async def test_a_malformed_resume_refuses_the_subscribe(server: ServerProcess) -
     assert refused.value.code == "INVALID_MESSAGE"
     assert await client.unsubscribe() == []
     await client.close()
+
+
+async def test_a_resume_before_the_worker_has_heard_the_bus_waits_for_it(tmp_path: Path) -> None:
+    # A slow beat leaves a restarted worker a few seconds without knowing the epoch.
+    slow = await asyncio.to_thread(start_server, tmp_path, 1, bus_beat_interval=5, worker_timeout=10)
+    try:
+        watcher = slow.client()
+        await watcher.connect()
+        await watcher.subscribe({"eventTypes": ["early"]})
+        slow.producer().publish("early", {"i": 0})
+        first = await next_event(watcher, "early", 5)
+        assert first is not None
+        victim = signal_child(slow, "obs-worker-1", signal.SIGKILL)
+        await asyncio.to_thread(wait_replaced, slow, "obs-worker-1", victim)
+        client = slow.client()
+        for _ in range(50):
+            try:
+                await client.connect(timeout=2)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        await client.subscribe(
+            {"eventTypes": ["early"]}, resume={"epoch": first["epoch"], "seq": first["seq"]}
+        )
+        slow.producer().publish("early", {"i": 1})
+        done = await next_event(client, "resumed", 10)
+        assert done is not None, "the resume should wait for the epoch, not fail"
+        await client.close()
+    finally:
+        slow.stop()
+
+
+async def test_a_second_resume_during_a_replay_does_not_disturb_its_order(server: ServerProcess) -> None:
+    producer = server.producer()
+    watcher = server.client()
+    await watcher.connect()
+    await watcher.subscribe({"eventTypes": ["twice", "twice_end"]})
+    for i in range(200):
+        producer.publish("twice", {"i": i})
+    producer.publish("twice_end", {})
+    stream = await collect_until(watcher, "twice_end")
+    start = stream[0]
+    client = server.client()
+    await client.connect()
+    resume = {"epoch": start["epoch"], "seq": start["seq"]}
+    client.send({"type": "subscribe", "data": {"filters": {"eventTypes": ["twice"]}, "resume": resume}})
+    client.send({"type": "subscribe", "data": {"filters": {"eventTypes": ["twice_end"]}, "resume": resume}})
+    messages = []
+    async with asyncio.timeout(10):
+        while (message := await client.receive()) is not None and message["type"] != "resumed":
+            messages.append(message)
+    replayed = [m["data"]["i"] for m in messages if m["type"] == "twice"]
+    assert replayed == list(range(1, 200))
+    assert any(m["type"] == "resume_failed" and "already" in m["data"]["reason"] for m in messages)
+    await close_all([watcher, client])
