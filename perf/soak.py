@@ -40,16 +40,23 @@ class Watched:
     holes: int = 0
     duplicates: int = 0
     received: int = 0
+    resume_failures: int = 0
+    expect_jump: bool = False  # after resume_failed the server said it cannot fill the gap
 
     def on_event(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "resume_failed":
+            self.resume_failures += 1
+            self.expect_jump = True
+            return
         seq = message.get("seq")
         if not isinstance(seq, int) or message.get("type") != "soak":
             return
         if self.last_seq is not None and message.get("epoch") == self.epoch:
             if seq <= self.last_seq:
                 self.duplicates += 1
-            elif seq != self.last_seq + 1:
+            elif seq != self.last_seq + 1 and not self.expect_jump:
                 self.holes += 1
+        self.expect_jump = False
         self.last_seq, self.epoch = seq, message.get("epoch")
         self.received += 1
 
@@ -166,7 +173,8 @@ async def soak(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any
         "events_sent": sent,
         "clients_churned": churned,
         "deliveries": sum(w.received for w in everyone),
-        "holes": sum(w.holes for w in everyone),
+        "holes": sum(w.holes for w in everyone),  # gaps the server did not announce
+        "resume_failures": sum(w.resume_failures for w in everyone),
         "duplicates": sum(w.duplicates for w in everyone),
         "processes": report,
         "samples": {
