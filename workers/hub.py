@@ -331,6 +331,8 @@ class Hub:
             self._resume_failed(
                 job.client, f"epoch {change.previous} ended during the replay", job.request_id
             )
+        for client in self.clients.values():
+            client.floor = 0  # seq starts again at 1 in a new epoch
         if change.previous is not None:
             notice = encode_message(
                 "epoch_changed", {"epoch": change.epoch, "previous": change.previous}, now_ms()
@@ -446,6 +448,7 @@ class Hub:
                 client, f"epoch {resume.epoch} has ended; the current epoch is {self.order.epoch}", request_id
             )
             return
+        client.floor = resume.seq
         snapshot = [f for key in client.subscription_keys if (f := self.index.filters_of(key)) is not None]
         job = ResumeJob(client, snapshot, resume.seq, self.order.last, request_id, resume.seq)
         self._fetch_replay(job)
@@ -501,8 +504,9 @@ class Hub:
             "replayed": job.replayed,
         }
         job.client.send(encode_message("resumed", data, now_ms(), job.request_id))
-        # Held since the first of several restored subscriptions: the oldest of those the replay covered.
-        job.client.release(replayed_to=job.upto)
+        # Held since the first of several restored subscriptions: skip those the replay covered.
+        job.client.floor = max(job.client.floor, job.upto)
+        job.client.release()
 
     def _resume_failed(self, client: ClientSession, reason: str, request_id: RequestId) -> None:
         client.send(

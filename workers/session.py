@@ -40,6 +40,9 @@ class ClientSession(WSListener):
         self.held: list[tuple[int, bytes]] | None = None
         self.held_bytes = 0
         self.resumed = False
+        # No event at or below this seq is sent: the client had it before it resumed. It matters when
+        # the client resumes on a worker a few events behind the one it left.
+        self.floor = 0
         self.limiter = MessageLimiter(
             hub.settings.message_rate_limit, hub.settings.message_rate_burst, time.monotonic()
         )
@@ -111,6 +114,8 @@ class ClientSession(WSListener):
             self.hub.check_backlog(self)
 
     def send_event(self, seq: int, payload: bytes) -> None:
+        if seq <= self.floor:
+            return
         if self.held is None:
             self.send(payload)
         else:
@@ -123,11 +128,11 @@ class ClientSession(WSListener):
         if self.held is None:
             self.held = []
 
-    def release(self, replayed_to: int = 0) -> None:
-        """Send what was held, but what the replay up to ``replayed_to`` already sent."""
+    def release(self) -> None:
+        """Send what was held, but what the client had or the replay sent (up to the floor)."""
         held, self.held, self.held_bytes = self.held or [], None, 0
         for seq, payload in held:
-            if seq > replayed_to:
+            if seq > self.floor:
                 self.send(payload)
 
     def pending_bytes(self) -> int:

@@ -216,3 +216,25 @@ async def test_a_second_resume_during_a_replay_does_not_disturb_its_order(server
     assert replayed == list(range(1, 200))
     assert any(m["type"] == "resume_failed" and "already" in m["data"]["reason"] for m in messages)
     await close_all([watcher, client])
+
+
+async def test_resuming_ahead_of_this_worker_never_resends_what_the_client_had(server: ServerProcess) -> None:
+    """A client that left a worker a few events ahead of this one must not get those events again."""
+    watcher = server.client()
+    await watcher.connect()
+    await watcher.subscribe({"eventTypes": ["ahead"]})
+    producer = server.producer()
+    producer.publish("ahead", {"i": 0})
+    mark = await next_event(watcher, "ahead", 5)
+    assert mark is not None
+    client = server.client()
+    await client.connect()
+    await client.subscribe(
+        {"eventTypes": ["ahead", "ahead_end"]}, resume={"epoch": mark["epoch"], "seq": mark["seq"] + 3}
+    )
+    for i in range(1, 6):
+        producer.publish("ahead", {"i": i})
+    producer.publish("ahead_end", {})
+    received = await collect_until(client, "ahead_end")
+    assert numbers(received, "ahead") == [4, 5]
+    await close_all([watcher, client])
