@@ -10,13 +10,18 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as connect_sync
 
 from clients import ObservatoryClient, Producer
 from core.auth import mint_token
@@ -299,3 +304,57 @@ def signal_child(server: ServerProcess, name: str, signum: int) -> int:
 
 def wait_replaced(server: ServerProcess, name: str, victim: int) -> None:
     wait_until(lambda: server.pids_named(name) not in ([], [victim]), 10, f"a new {name}")
+
+
+class Bystander:
+    """A subscriber read by its own thread for as long as a module runs.
+
+    It uses the ``websockets`` library's synchronous client, so it survives the fresh event loop each
+    test runs on; it watches one numbered series of events and knows when the series has ended.
+    """
+
+    def __init__(self, server: ServerProcess, series: str, series_end: str, timeout: float = 5.0) -> None:
+        self.series, self.series_end, self.timeout = series, series_end, timeout
+        self.stack = contextlib.ExitStack()
+        self.ws: ClientConnection = self.stack.enter_context(
+            connect_sync(
+                server.url,
+                additional_headers=server.authorization(),
+                open_timeout=timeout,
+                max_size=None,
+                compression=None,
+                proxy=None,
+            )
+        )
+        hello = orjson.loads(self.ws.recv(timeout=timeout))
+        assert hello["type"] == "connection_established"
+        self.worker: int = hello["data"]["capabilities"]["worker"]
+        self.messages: list[dict[str, Any]] = []
+        self.ended = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def subscribe(self) -> Bystander:
+        request = {"type": "subscribe", "data": {"filters": {"eventTypes": [self.series, self.series_end]}}}
+        self.ws.send(orjson.dumps(request).decode())
+        reply = orjson.loads(self.ws.recv(timeout=self.timeout))
+        assert reply["type"] == "subscription_confirmed", reply
+        self.thread = threading.Thread(target=self._read, name=f"bystander-w{self.worker}", daemon=True)
+        self.thread.start()
+        return self
+
+    def _read(self) -> None:
+        try:
+            for raw in self.ws:
+                message = orjson.loads(raw)
+                self.messages.append(message)
+                if message.get("type") == self.series_end:
+                    self.ended.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self.stack.close()
+        if self.thread is not None:
+            self.thread.join(5)

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import os
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,12 +28,10 @@ from typing import Any
 import orjson
 import pytest
 import zmq
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as connect_sync
 
 from core.auth import mint_token
-from tests.harness import TEST_SECRET, ServerProcess, next_event
+from core.ingest import RESERVED_TYPES
+from tests.harness import TEST_SECRET, Bystander, ServerProcess, next_event
 
 SERIES = "bad_inputs_series"
 SERIES_END = "bad_inputs_series_end"
@@ -73,59 +69,6 @@ class Feed:
         self.context.term()
 
 
-class Bystander:
-    """A well-behaved subscriber read by a thread of its own, so it lives across the event loops
-    of the module's tests (each ``async def`` test runs on a fresh loop)."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.stack = contextlib.ExitStack()
-        self.ws: ClientConnection = self.stack.enter_context(
-            connect_sync(
-                server.url,
-                additional_headers=server.authorization(),
-                open_timeout=5,
-                max_size=None,
-                compression=None,
-                proxy=None,
-            )
-        )
-        hello = orjson.loads(self.ws.recv(timeout=REPLY_TIMEOUT))
-        assert hello["type"] == "connection_established"
-        self.worker: int = hello["data"]["capabilities"]["worker"]
-        self.messages: list[dict[str, Any]] = []
-        self.ended = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def subscribe(self) -> None:
-        request = {
-            "type": "subscribe",
-            "data": {"filters": {"eventTypes": [SERIES, SERIES_END]}},
-            "requestId": "bystander",
-        }
-        self.ws.send(orjson.dumps(request).decode())
-        reply = orjson.loads(self.ws.recv(timeout=REPLY_TIMEOUT))
-        assert reply["type"] == "subscription_confirmed", reply
-        self.thread = threading.Thread(target=self._read, name=f"bystander-w{self.worker}", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for raw in self.ws:
-                message = orjson.loads(raw)
-                self.messages.append(message)
-                if message.get("type") == SERIES_END:
-                    self.ended.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.ended.set()
-
-    def close(self) -> None:
-        self.stack.close()
-        if self.thread is not None:
-            self.thread.join(5)
-
-
 @dataclass
 class Watch:
     feed: Feed
@@ -142,7 +85,7 @@ def watch(server: ServerProcess) -> Iterator[Watch]:
     for _ in range(50):
         if len(by_worker) == server.workers:
             break
-        candidate = Bystander(server)
+        candidate = Bystander(server, SERIES, SERIES_END, REPLY_TIMEOUT)
         if candidate.worker in by_worker:
             candidate.close()
         else:
@@ -879,18 +822,7 @@ def event(**fields: Any) -> list[bytes]:
     return [orjson.dumps(fields)]
 
 
-RESERVED = [
-    "connection_established",
-    "subscription_confirmed",
-    "subscription_error",
-    "unsubscription_confirmed",
-    "pong",
-    "error",
-    "active_conversations",
-    "project_activity",
-    "server_shutdown",
-    "resume_failed",
-]
+RESERVED = sorted(RESERVED_TYPES)  # every type the ingest declares the server's own
 
 INGEST_ROWS = [
     pytest.param([b"{nope"], id="not-json"),

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,11 +38,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as connect_sync
 
-from tests.harness import ServerProcess, next_event, start_server
+from core.ingest import RESERVED_TYPES
+from tests.harness import Bystander, ServerProcess, next_event, start_server
 
 SERIES, SERIES_END = "prop_series", "prop_series_end"
 ROUND_START, ROUND_END = "prop_round_start", "prop_round_end"
@@ -53,47 +50,6 @@ CLOSE_TIMEOUT = 3.0
 QUERY_WAIT = 7.0  # a query the ingest never answers gets QUERY_TIMEOUT after 5 s
 
 # --- the server, the producer socket and the well-behaved client: outside any event loop ---------
-
-
-class Bystander:
-    """Subscribed to the series before the first round; a thread reads it until the module ends."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.stack = contextlib.ExitStack()
-        self.ws: ClientConnection = self.stack.enter_context(
-            connect_sync(
-                server.url,
-                additional_headers=server.authorization(),
-                open_timeout=5,
-                max_size=None,
-                compression=None,
-                proxy=None,
-            )
-        )
-        assert orjson.loads(self.ws.recv(timeout=5))["type"] == "connection_established"
-        request = {"type": "subscribe", "data": {"filters": {"eventTypes": [SERIES, SERIES_END]}}}
-        self.ws.send(orjson.dumps(request).decode())
-        assert orjson.loads(self.ws.recv(timeout=5))["type"] == "subscription_confirmed"
-        self.messages: list[dict[str, Any]] = []
-        self.ended = threading.Event()
-        self.thread = threading.Thread(target=self._read, name="bystander", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for raw in self.ws:
-                message = orjson.loads(raw)
-                self.messages.append(message)
-                if message.get("type") == SERIES_END:
-                    self.ended.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.ended.set()
-
-    def close(self) -> None:
-        self.stack.close()
-        self.thread.join(5)
 
 
 @dataclass
@@ -126,7 +82,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     push.setsockopt(zmq.LINGER, 2000)
     push.setsockopt(zmq.SNDTIMEO, 5000)
     push.connect(server.ingest_endpoint)
-    bystander = Bystander(server)
+    bystander = Bystander(server, SERIES, SERIES_END).subscribe()
     try:
         yield Fuzz(
             server, push, bystander, sorted(server.pids_named("obs-worker")), server.pids_named("obs-ingest")
@@ -149,18 +105,7 @@ REQUEST_TYPES = [
     "refresh_token",
 ]
 FILTER_KINDS = ["sessionIds", "projectIds", "toolNames", "eventTypes", "messageTypes"]
-RESERVED = [
-    "connection_established",
-    "subscription_confirmed",
-    "subscription_error",
-    "unsubscription_confirmed",
-    "pong",
-    "error",
-    "active_conversations",
-    "project_activity",
-    "server_shutdown",
-    "resume_failed",
-]
+RESERVED = sorted(RESERVED_TYPES)  # every type the ingest declares the server's own
 
 # orjson reads and writes integers of at most 64 bits: wider ones could not even be sent as JSON.
 json_leaves = (

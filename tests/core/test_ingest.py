@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from core.ingest import MAX_TYPE_CHARS, IngestPipeline, Published, Rejected
+from core.ingest import MAX_TYPE_CHARS, RESERVED_TYPES, IngestPipeline, Published, Rejected
 from core.routing import RoutingHeader
 from core.state import LiveState
 
@@ -368,3 +368,22 @@ def test_accepted_events_reach_the_state(pipeline: IngestPipeline) -> None:
     assert (conversation["messageCount"], conversation["toolUsageCount"]) == (1, 2)
     publish(pipeline, {"type": "conversation_ended", "data": {"conversationId": "c1"}})
     assert pipeline.state.active_conversations(5, 10)["total"] == 0
+
+
+def test_the_server_reserves_every_type_it_sends_itself() -> None:
+    # Pinned here: the bad-input and property tests take the list from the code.
+    assert {
+        "connection_established",
+        "subscription_confirmed",
+        "subscription_error",
+        "unsubscription_confirmed",
+        "pong",
+        "error",
+        "active_conversations",
+        "project_activity",
+        "server_shutdown",
+        "resume_failed",
+        "resumed",
+        "epoch_changed",
+        "token_refreshed",
+    } == RESERVED_TYPES
