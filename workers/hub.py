@@ -110,7 +110,7 @@ class Hub:
         settings: Settings,
         worker_id: int,
         auth: AuthSetup,
-        counters: CounterRow,
+        own_row: CounterRow,
         context: zmq.Context[zmq.Socket[bytes]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -124,7 +124,7 @@ class Hub:
         self.loop = loop
         self.clients: dict[str, ClientSession] = {}
         self.index: SubscriptionIndex[ClientSession] = SubscriptionIndex()
-        self.counters = counters
+        self.own_row = own_row
         self.limits = AdmissionLimits(
             settings.max_connections, settings.max_connections_per_ip, settings.max_handshakes_per_ip
         )
@@ -176,7 +176,7 @@ class Hub:
             return _refuse(503, b"server is shutting down\n")
         now = time.time()
         cells = ip_cells(peer or "unknown")
-        shared = self.counters.counters
+        shared = self.own_row.shared
         # Counted before the token is checked, so guessing tokens is throttled too.
         decision = self.limits.decide(
             shared.total_connections(),
@@ -184,7 +184,7 @@ class Hub:
             shared.handshakes_from(cells, now),
             now,
         )
-        self.counters.handshake(cells, now)
+        self.own_row.handshake(cells, now)
         if isinstance(decision, Reject):
             retry = {"Retry-After": str(decision.retry_after)} if decision.retry_after is not None else None
             return _refuse(decision.status, decision.reason.encode() + b"\n", retry)
@@ -207,7 +207,7 @@ class Hub:
 
     def on_connected(self, client: ClientSession) -> None:
         self.clients[client.id] = client
-        self.counters.opened(client.address_cells)
+        self.own_row.opened(client.address_cells)
         limits = {
             "messageRateLimit": self.settings.message_rate_limit,
             "messageRateBurst": self.settings.message_rate_burst,
@@ -243,7 +243,7 @@ class Hub:
     def on_disconnected(self, client: ClientSession) -> None:
         if self.clients.pop(client.id, None) is None:
             return
-        self.counters.closed(client.address_cells)
+        self.own_row.closed(client.address_cells)
         if client.expiry is not None:
             client.expiry.cancel()
         self._forget_session(client)

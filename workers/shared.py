@@ -48,11 +48,11 @@ class SharedCounters:
 class CounterRow:
     """One worker's own row: the only part of the mapping it writes."""
 
-    def __init__(self, counters: SharedCounters, row: int) -> None:
-        self.counters = counters
-        self._header = counters._headers[row]
-        self._open = counters._open[row]
-        self._handshakes = counters._handshakes[row]
+    def __init__(self, shared: SharedCounters, row: int) -> None:
+        self.shared = shared  # every worker's rows, for reading the totals
+        self._header = shared._headers[row]
+        self._open = shared._open[row]
+        self._handshakes = shared._handshakes[row]
         self.reset()
 
     def reset(self) -> None:
