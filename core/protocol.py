@@ -8,6 +8,7 @@ message, code and close code defined here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -317,6 +318,11 @@ _PARSERS = {
     "get_project_activity": _parse_project_activity,
     "refresh_token": _parse_refresh_token,
 }
+
+
+def now_ms() -> int:
+    """Protocol timestamps are epoch milliseconds."""
+    return int(time.time() * 1000)
 
 
 def encode_message(

@@ -47,19 +47,18 @@ from core.protocol import (
     ProtocolError,
     RefreshToken,
     RequestId,
-    Resume,
     Subscribe,
     Unsubscribe,
     capabilities,
     encode_error,
     encode_message,
+    now_ms,
     parse_client_message,
 )
 from core.queries import (
     REVOKED_SESSIONS_QUERY,
     HistoryAnswer,
     QueryAnswer,
-    QueryFailure,
     decode_answer,
     decode_history,
     encode_history_query,
@@ -69,6 +68,7 @@ from core.ratelimit import Throttled
 from core.routing import RoutingHeader
 from core.sequence import Action, BusOrder, Deliver, Lost, NewEpoch, Repair
 from workers.keys import AuthSetup
+from workers.replay import Replays
 from workers.session import ClientSession
 from workers.shared import CounterRow
 from workers.zmqio import drain_batch
@@ -80,21 +80,6 @@ BUS_BATCH = 256
 QUERY_BATCH = 256
 MAX_REMEMBERED_REVOCATIONS = 100_000
 REVOKED_QUERY_ID = b"revoked-sessions"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class ResumeJob:
-    client: ClientSession
-    filters: list[SubscriptionFilters]  # the connection's subscriptions when it asked to resume
-    start: int  # the last seq the client had
-    upto: int  # the newest seq this worker had delivered when it asked: live events follow
-    request_id: RequestId
-    done_to: int
-    replayed: int = 0
 
 
 @dataclass(slots=True)
@@ -136,8 +121,7 @@ class Hub:
         self.order = BusOrder()
         self.lost_events = 0
         self._repair_id: bytes | None = None
-        self.resumes: dict[bytes, ResumeJob] = {}
-        self.waiting_resumes: list[tuple[ClientSession, Resume, RequestId]] = []
+        self.replays = Replays(self)
 
         self.bus = context.socket(zmq.SUB)
         self.bus.setsockopt(zmq.LINGER, 0)
@@ -326,11 +310,7 @@ class Hub:
     def _on_new_epoch(self, change: NewEpoch) -> None:
         log.info("bus epoch %s (was %s)", change.epoch, change.previous)
         self._repair_id = None  # an answer still on its way describes the old run
-        stale, self.resumes = self.resumes, {}
-        for job in stale.values():
-            self._resume_failed(
-                job.client, f"epoch {change.previous} ended during the replay", job.request_id
-            )
+        self.replays.fail_all(f"epoch {change.previous} ended during the replay")
         for client in self.clients.values():
             client.floor = 0  # seq starts again at 1 in a new epoch
         if change.previous is not None:
@@ -339,10 +319,7 @@ class Hub:
             )
             for client in list(self.clients.values()):
                 client.send(notice)
-        waiting, self.waiting_resumes = self.waiting_resumes, []
-        for client, resume, request_id in waiting:
-            if not client.closed:
-                self._start_resume(client, resume, request_id)
+        self.replays.start_waiting()
 
     def revoke(self, session_id: str) -> None:
         self.revoked[session_id] = None
@@ -422,99 +399,7 @@ class Hub:
         data = {"subscriptionKey": key, "filters": filters.to_json()}
         client.send(encode_message("subscription_confirmed", data, now_ms(), request.request_id))
         if request.resume is not None:
-            self._resume(client, request.resume, request.request_id)
-
-    # --- resume ---------------------------------------------------------------------------------
-
-    def _resume(self, client: ClientSession, resume: Resume, request_id: RequestId) -> None:
-        """Replay what the client missed, for all it subscribes to now, then let live events follow."""
-        if client.resumed:
-            # Only a notice: held events belong to the replay already under way, which releases them.
-            data = {"reason": "this connection has already resumed", "epoch": self.order.epoch}
-            client.send(encode_message("resume_failed", data, now_ms(), request_id))
-            return
-        client.hold()
-        if resume.more:
-            return  # more subscriptions follow; the last one's resume replays for all of them
-        client.resumed = True
-        self._start_resume(client, resume, request_id)
-
-    def _start_resume(self, client: ClientSession, resume: Resume, request_id: RequestId) -> None:
-        if self.order.epoch is None:  # this worker has not heard the bus yet: wait for its beat
-            self.waiting_resumes.append((client, resume, request_id))
-            return
-        if resume.epoch != self.order.epoch:
-            self._resume_failed(
-                client, f"epoch {resume.epoch} has ended; the current epoch is {self.order.epoch}", request_id
-            )
-            return
-        client.floor = resume.seq
-        snapshot = [f for key in client.subscription_keys if (f := self.index.filters_of(key)) is not None]
-        job = ResumeJob(client, snapshot, resume.seq, self.order.last, request_id, resume.seq)
-        self._fetch_replay(job)
-
-    def _fetch_replay(self, job: ResumeJob) -> None:
-        if job.done_to >= job.upto:
-            self._finish_replay(job)
-            return
-        query_id = b"resume-%d" % next(self._query_ids)
-        self.resumes[query_id] = job
-        try:
-            self.queries.send_multipart(
-                (query_id, encode_history_query(job.done_to + 1, job.upto)), zmq.NOBLOCK
-            )
-        except zmq.ZMQError:
-            pass
-        self.loop.call_later(self.settings.query_timeout, self._replay_timed_out, query_id)
-        self.loop.call_soon(self._on_answers)
-
-    def _replay_timed_out(self, query_id: bytes) -> None:
-        job = self.resumes.pop(query_id, None)
-        if job is not None:
-            self._resume_failed(job.client, "history did not answer in time", job.request_id)
-
-    def _on_replay(self, job: ResumeJob, answer: HistoryAnswer | QueryFailure) -> None:
-        client = job.client
-        if client.closed:
-            return
-        if isinstance(answer, QueryFailure):
-            self._resume_failed(client, answer.message, job.request_id)
-            return
-        if not answer.complete:
-            self._resume_failed(
-                client,
-                f"history no longer holds seq {job.done_to + 1} (the oldest kept is {answer.oldest})",
-                job.request_id,
-            )
-            return
-        for header, payload in answer.events:
-            if header.seq > job.done_to and any(f.matches(header) for f in job.filters):
-                client.send(payload)
-                job.replayed += 1
-        job.done_to = max([job.done_to, *(h.seq for h, _ in answer.events)])
-        if not answer.events:
-            job.done_to = job.upto  # nothing more to read
-        self._fetch_replay(job)
-
-    def _finish_replay(self, job: ResumeJob) -> None:
-        data = {
-            "epoch": self.order.epoch,
-            "fromSeq": job.start + 1,
-            "toSeq": job.upto,
-            "replayed": job.replayed,
-        }
-        job.client.send(encode_message("resumed", data, now_ms(), job.request_id))
-        # Held since the first of several restored subscriptions: skip those the replay covered.
-        job.client.floor = max(job.client.floor, job.upto)
-        job.client.release()
-
-    def _resume_failed(self, client: ClientSession, reason: str, request_id: RequestId) -> None:
-        client.send(
-            encode_message(
-                "resume_failed", {"reason": reason, "epoch": self.order.epoch}, now_ms(), request_id
-            )
-        )
-        client.release()
+            self.replays.request(client, request.resume, request.request_id)
 
     def _unsubscribe(self, client: ClientSession, request: Unsubscribe) -> None:
         if request.subscription_key is None and request.filters is None:
@@ -624,9 +509,7 @@ class Hub:
                 else:
                     self._act(self.order.on_repaired([]))
                 continue
-            job = self.resumes.pop(frames[0], None)
-            if job is not None:
-                self._on_replay(job, decode_history(frames[1:]))
+            if self.replays.answer(frames):
                 continue
             if frames[0] == REVOKED_QUERY_ID:
                 answer = decode_answer(frames[1])
