@@ -39,7 +39,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from core.filters import FILTER_KINDS as CORE_FILTER_KINDS
 from core.ingest import RESERVED_TYPES
+from core.protocol import CLIENT_MESSAGE_TYPES
 from tests.harness import Bystander, ServerProcess, next_event, start_server
 
 SERIES, SERIES_END = "prop_series", "prop_series_end"
@@ -96,15 +98,8 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
 
 # --- what to throw ----------------------------------------------------------------------------
 
-REQUEST_TYPES = [
-    "subscribe",
-    "unsubscribe",
-    "ping",
-    "get_active_conversations",
-    "get_project_activity",
-    "refresh_token",
-]
-FILTER_KINDS = ["sessionIds", "projectIds", "toolNames", "eventTypes", "messageTypes"]
+REQUEST_TYPES = list(CLIENT_MESSAGE_TYPES)
+FILTER_KINDS = list(CORE_FILTER_KINDS)
 RESERVED = sorted(RESERVED_TYPES)  # every type the ingest declares the server's own
 
 # orjson reads and writes integers of at most 64 bits: wider ones could not even be sent as JSON.
