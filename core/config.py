@@ -19,6 +19,7 @@ from core.errors import ConfigError
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # inproc:// cannot cross processes, and the ingest and the workers are separate processes.
 ZMQ_SCHEMES = ("tcp://", "ipc://")
+WATCH_MODES = ("auto", "poll")
 
 
 def _option(
@@ -238,6 +239,63 @@ class Settings:
         "Width in seconds of one per-project activity bucket.",
         low=1.0,
         high=86_400.0,
+    )
+
+    watch: bool = _option(
+        True, "OBSERVATORY_WATCH", "Run the transcript watcher, which publishes Claude Code activity."
+    )
+    transcripts_dir: str = _option(
+        "~/.claude/projects",
+        "OBSERVATORY_TRANSCRIPTS_DIR",
+        "Folder of Claude Code transcripts the watcher reads (one sub-folder per project).",
+    )
+    watch_mode: str = _option(
+        "auto",
+        "OBSERVATORY_WATCH_MODE",
+        "auto: file-system notifications, polling where they are unavailable; poll: always poll.",
+        choices=WATCH_MODES,
+    )
+    watch_poll_interval: float = _option(
+        1.0,
+        "OBSERVATORY_WATCH_POLL_INTERVAL",
+        "Seconds between polls when polling, and between the checks for a missing transcripts_dir.",
+        low=0.05,
+        high=60.0,
+    )
+    watch_backfill: float = _option(
+        86_400.0,
+        "OBSERVATORY_WATCH_BACKFILL",
+        "On the first start (no state file), publish the conversations whose transcript changed in the "
+        "last this many seconds; 0 publishes only what is written from now on.",
+        low=0.0,
+        high=365 * 86_400.0,
+    )
+    watch_state_file: str = _option(
+        "",
+        "OBSERVATORY_WATCH_STATE_FILE",
+        "Where the watcher keeps its read offsets, so a restart publishes nothing twice; empty: "
+        "$XDG_STATE_HOME/observatory/watcher-state.json (~/.local/state/...).",
+    )
+    conversation_idle_timeout: float = _option(
+        600.0,
+        "OBSERVATORY_CONVERSATION_IDLE_TIMEOUT",
+        "Seconds without a new line after which a conversation is reported ended.",
+        low=1.0,
+        high=7 * 86_400.0,
+    )
+    analytics_interval: float = _option(
+        10.0,
+        "OBSERVATORY_ANALYTICS_INTERVAL",
+        "Seconds between analytics_update (and project_updated) reports of the watcher.",
+        low=0.1,
+        high=86_400.0,
+    )
+    max_transcript_line_bytes: int = _option(
+        16 * 1_048_576,
+        "OBSERVATORY_MAX_TRANSCRIPT_LINE_BYTES",
+        "Longest transcript line the watcher reads; a longer one is skipped and counted.",
+        low=4096,
+        high=1 << 30,
     )
 
     drain_window: float = _option(

@@ -29,3 +29,7 @@ class ClientError(ObservatoryError):
 
 class ConnectionClosedError(ObservatoryError):
     """Raised by the Python client when the connection is gone while a call waits on it."""
+
+
+class StateError(ObservatoryError):
+    """A saved state file cannot be read back; the caller starts afresh and says so."""
