@@ -62,7 +62,7 @@ class Slot:
 
     @property
     def name(self) -> str:
-        return self.role if self.role == "ingest" else f"worker {self.index}"
+        return self.role if self.role != "worker" else f"worker {self.index}"
 
 
 @dataclass
@@ -76,6 +76,8 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.slots = [Slot("ingest", 0)] + [Slot("worker", i) for i in range(1, self.settings.workers + 1)]
+        if self.settings.watch:
+            self.slots.append(Slot("watcher", 0))
         # Made before any fork, so every worker maps the same memory; two rows a slot, so that during a
         # rolling restart the successor and its draining predecessor each count their own.
         self.counters = SharedCounters(2 * self.settings.workers)
@@ -89,12 +91,13 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         log.info(
-            "observatory serving %s://%s:%d/ with %d workers; producers push to %s",
+            "observatory serving %s://%s:%d/ with %d workers; producers push to %s%s",
             scheme_of(self.settings),
             self.settings.host,
             self.settings.port,
             self.settings.workers,
             self.settings.ingest_endpoint,
+            f"; watching {self.settings.transcripts_dir}" if self.settings.watch else "",
         )
         self.running = True
         for slot in self.slots:  # the ingest first: workers connect to its bus
@@ -179,7 +182,7 @@ class Supervisor:
         self.selector.close()
 
     def _child_main(self, slot: Slot, beat_fd: int, parent_pid: int) -> int:
-        from workers import ingest, worker
+        from workers import ingest, watcher, worker
         from workers.logs import set_role
 
         set_role(slot.name)
@@ -187,6 +190,8 @@ class Supervisor:
         die_with_parent(parent_pid)
         if slot.role == "ingest":
             return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))
+        if slot.role == "watcher":
+            return run_child(slot.name, lambda: watcher.serve(self.settings, beat_fd, parent_pid))
         row = self.counters.writer(2 * (slot.index - 1) + slot.generation % 2)
         return run_child(
             slot.name, lambda: worker.serve(self.settings, self.auth, row, slot.index, beat_fd, parent_pid)
@@ -215,6 +220,11 @@ class Supervisor:
             if not restart:
                 log.info("%s (pid %d) %s", slot.name, pid, how)
                 continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR and slot.role == "watcher":
+                # The server is whole without it: serve on, and say so, rather than stop.
+                slot.abandoned = True
+                log.error("the transcript watcher (pid %d) cannot boot: serving without it", pid)
+                continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
                 log.error("%s (pid %d) cannot boot; stopping observatory", slot.name, pid)
                 self.exit_code = EXIT_BOOT_ERROR
@@ -239,7 +249,9 @@ class Supervisor:
             STABLE_AFTER,
         )
         workers = [s for s in self.slots if s.role == "worker"]
-        if slot.role == "ingest" or all(s.abandoned for s in workers):
+        if slot.role == "watcher":
+            log.error("serving without the transcript watcher")
+        elif slot.role == "ingest" or all(s.abandoned for s in workers):
             log.error(
                 "observatory cannot serve without %s: stopping",
                 "its ingest" if slot.role == "ingest" else "workers",
@@ -320,8 +332,9 @@ class Supervisor:
             self._reap(restart=False)
 
     def _stop_children(self) -> None:
-        """Workers first (they tell their clients), then the ingest; SIGKILL what overstays."""
-        for role in ("worker", "ingest"):
+        """The watcher first (it flushes to the ingest), workers next (they tell their clients), then
+        the ingest; SIGKILL what overstays."""
+        for role in ("watcher", "worker", "ingest"):
             group = [s for s in self.slots if s.role == role]
 
             def alive(group: list[Slot] = group) -> list[int]:
@@ -432,13 +445,17 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def local_address(settings: Settings, auth: AuthSetup) -> str | None:
-    """A ready-to-use address carrying an admin token, the way Jupyter prints one."""
-    if auth.signing_key is None:
-        return None
+def local_addresses(settings: Settings, auth: AuthSetup) -> tuple[str, str | None]:
+    """The dashboard's address and a WebSocket address, carrying an admin token when this server
+    can mint one, the way Jupyter prints its address. The dashboard's token rides in the fragment,
+    which browsers never send, so it stays out of every log."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if ":" in host:
         host = f"[{host}]"  # an IPv6 address in a URL
+    authority = f"{host}:{settings.port}"
+    web = f"{'https' if settings.ssl_cert_path else 'http'}://{authority}/"
+    if auth.signing_key is None:
+        return web, None
     token = mint_token(
         auth.signing_key,
         auth.algorithm,
@@ -449,7 +466,7 @@ def local_address(settings: Settings, auth: AuthSetup) -> str | None:
         audience=settings.jwt_audience or None,
         issuer=settings.jwt_issuer or None,
     )
-    return f"{scheme_of(settings)}://{host}:{settings.port}/?token={token}"
+    return f"{web}#token={token}", f"{scheme_of(settings)}://{authority}/?token={token}"
 
 
 def scheme_of(settings: Settings) -> str:
@@ -479,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if auth.generated_at is not None:
         log.info("generated a token secret in %s (readable by you only)", auth.generated_at)
-    address = local_address(settings, auth)
+    dashboard, address = local_addresses(settings, auth)
+    print(f"observatory: dashboard at {dashboard}", file=sys.stderr, flush=True)
     if address is not None:
         print(f"observatory: connect with {address}", file=sys.stderr, flush=True)
     return Supervisor(settings, auth).run()

@@ -266,6 +266,9 @@ class ObservatoryClient:
             data["timeRange"] = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
         return (await self.request("get_project_activity", data))["data"]
 
+    async def get_projects(self, limit: int = 100) -> dict[str, Any]:
+        return (await self.request("get_projects", {"limit": limit}))["data"]
+
     # --- events -------------------------------------------------------------------------------
 
     def on(self, type_: str, callback: EventCallback) -> EventCallback:

@@ -21,6 +21,8 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST_ID_CHARS = 128
 DEFAULT_CONVERSATION_LIMIT = 100
 MAX_CONVERSATION_LIMIT = 1000
+DEFAULT_PROJECT_LIMIT = 100
+MAX_PROJECT_LIMIT = 1000
 
 RequestId = str | int | None
 
@@ -136,18 +138,26 @@ class GetProjectActivity:
 
 
 @dataclass(frozen=True, slots=True)
+class GetProjects:
+    limit: int = DEFAULT_PROJECT_LIMIT
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshToken:
     token: str
     request_id: RequestId = None
 
 
-Request = Subscribe | Unsubscribe | Ping | GetActiveConversations | GetProjectActivity | RefreshToken
+Query = GetActiveConversations | GetProjectActivity | GetProjects
+Request = Subscribe | Unsubscribe | Ping | Query | RefreshToken
 CLIENT_MESSAGE_TYPES = (
     "subscribe",
     "unsubscribe",
     "ping",
     "get_active_conversations",
     "get_project_activity",
+    "get_projects",
     "refresh_token",
 )
 MAX_TOKEN_CHARS = 8192
@@ -303,6 +313,13 @@ def _parse_project_activity(data: dict[str, Any], request_id: RequestId, _: int)
     return GetProjectActivity(project_id, start, end, request_id)
 
 
+def _parse_projects(data: dict[str, Any], request_id: RequestId, _: int) -> Request | ProtocolError:
+    limit = data.get("limit", DEFAULT_PROJECT_LIMIT)
+    if not _is_int(limit) or not 1 <= limit <= MAX_PROJECT_LIMIT:
+        return _invalid(f"limit must be an integer from 1 to {MAX_PROJECT_LIMIT}", request_id)
+    return GetProjects(limit, request_id)
+
+
 def _parse_refresh_token(data: dict[str, Any], request_id: RequestId, _: int) -> Request | ProtocolError:
     token = data.get("token")
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
@@ -316,6 +333,7 @@ _PARSERS = {
     "ping": _parse_ping,
     "get_active_conversations": _parse_active_conversations,
     "get_project_activity": _parse_project_activity,
+    "get_projects": _parse_projects,
     "refresh_token": _parse_refresh_token,
 }
 
@@ -346,7 +364,7 @@ def capabilities(worker_id: int) -> dict[str, Any]:
         "protocolVersion": PROTOCOL_VERSION,
         "messageTypes": list(CLIENT_MESSAGE_TYPES),
         "filterKinds": list(FILTER_KINDS),
-        "queries": ["get_active_conversations", "get_project_activity"],
+        "queries": ["get_active_conversations", "get_project_activity", "get_projects"],
         "requestIds": True,
         "worker": worker_id,
     }

@@ -13,13 +13,14 @@ from typing import Any
 import orjson
 
 from core.history import History
-from core.protocol import GetActiveConversations, GetProjectActivity
+from core.protocol import GetActiveConversations, GetProjects, Query
 from core.routing import RoutingHeader
 from core.state import LiveState
 
 REPLY_TYPES = {
     "active_conversations": "active_conversations",
     "project_activity": "project_activity",
+    "projects": "projects",
     "revoked_sessions": "revoked_sessions",
 }
 REVOKED_SESSIONS_QUERY = orjson.dumps({"query": "revoked_sessions"})
@@ -36,17 +37,18 @@ class QueryFailure:
     message: str
 
 
-def encode_query(
-    request: GetActiveConversations | GetProjectActivity, within: frozenset[int] | None = None
-) -> bytes:
+def encode_query(request: Query, within: frozenset[int] | None = None) -> bytes:
     """``within``: the only projects the asking connection may see (None: all of them)."""
+    scope = None if within is None else sorted(within)
+    if isinstance(request, GetProjects):
+        return orjson.dumps({"query": "projects", "limit": request.limit, "within": scope})
     if isinstance(request, GetActiveConversations):
         return orjson.dumps(
             {
                 "query": "active_conversations",
                 "projectId": request.project_id,
                 "limit": request.limit,
-                "within": None if within is None else sorted(within),
+                "within": scope,
             }
         )
     return orjson.dumps(
@@ -72,6 +74,14 @@ def _optional_project(value: Any) -> int | None:
     raise TypeError("not a project id")
 
 
+def _within(value: Any) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(p, int) and not isinstance(p, bool) for p in value):
+        return frozenset(value)
+    raise TypeError("within is not a list of project ids")
+
+
 def answer_query(state: LiveState, raw: bytes, now_ms: float) -> bytes:
     """The ingest's side; a malformed query (a bug or a foreign peer) gets an error object back."""
     malformed = orjson.dumps({"ok": False, "error": "malformed query"})
@@ -81,17 +91,11 @@ def answer_query(state: LiveState, raw: bytes, now_ms: float) -> bytes:
         if kind == "revoked_sessions":
             data = {"sessions": list(state.revoked)}
         elif kind == "active_conversations":
-            within = query.get("within")
-            if within is not None and not (
-                isinstance(within, list)
-                and all(isinstance(p, int) and not isinstance(p, bool) for p in within)
-            ):
-                return malformed
             data = state.active_conversations(
-                _optional_project(query["projectId"]),
-                int(query["limit"]),
-                None if within is None else frozenset(within),
+                _optional_project(query["projectId"]), int(query["limit"]), _within(query.get("within"))
             )
+        elif kind == "projects":
+            data = state.known_projects(int(query["limit"]), _within(query.get("within")))
         elif kind == "project_activity":
             project_id = _optional_project(query["projectId"])
             if project_id is None:

@@ -8,7 +8,7 @@ measured on the ingest's clock (never on producers' timestamps).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,13 @@ class ActivityCounts:
         return {"messages": self.messages, "conversations": self.conversations, "toolUses": self.tool_uses}
 
 
+@dataclass(slots=True)
+class KnownProject:
+    name: str | None = None
+    path: str | None = None
+    last_activity: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationRoute:
     project_id: int | None
@@ -69,7 +76,8 @@ class LiveState:
         self.active: OrderedDict[str, Conversation] = OrderedDict()
         # Routes outlive activity (an event may name a conversation that just ended); bounded too.
         self.routes: OrderedDict[str, ConversationRoute] = OrderedDict()
-        self.project_names: OrderedDict[int, str] = OrderedDict()
+        # Every project an event named, most recently named last; bounded like the routes.
+        self.projects: OrderedDict[int, KnownProject] = OrderedDict()
         self._activity: dict[int, _ProjectActivity] = {}
         self._swept_bucket = 0
         # Revoked token sessions, so that a worker that starts later still refuses them.
@@ -109,12 +117,7 @@ class LiveState:
         """Fold one accepted event, stamped ``timestamp_ms`` and arriving at ``now_ms``, into the state."""
         self._sweep(now_ms)
         if route.project_id is not None:
-            name = _project_name(data)
-            if name is not None:
-                self.project_names[route.project_id] = name
-                self.project_names.move_to_end(route.project_id)
-                while len(self.project_names) > 4 * self.max_active:
-                    self.project_names.popitem(last=False)
+            self._learn_project(route.project_id, type_, data, timestamp_ms)
         if conversation_id is None:
             return
         self.remember_route(conversation_id, route)
@@ -131,6 +134,23 @@ class LiveState:
             self._count(route.project_id, timestamp_ms, now_ms, messages=1, tool_uses=tool_use_count)
         elif type_ == "conversation_ended":
             self.active.pop(conversation_id, None)
+
+    def _learn_project(self, project_id: int, type_: str, data: dict[str, Any], timestamp_ms: float) -> None:
+        project = self.projects.get(project_id)
+        if project is None:
+            project = self.projects[project_id] = KnownProject()
+            while len(self.projects) > 4 * self.max_active:
+                self.projects.popitem(last=False)
+        else:
+            self.projects.move_to_end(project_id)
+        name, path = _project_name(data), _project_path(data)
+        if name is not None:
+            project.name = name
+        if path is not None:
+            project.path = path
+        activity = _last_activity(type_, data, timestamp_ms)
+        if activity is not None and (project.last_activity is None or activity > project.last_activity):
+            project.last_activity = activity
 
     def _touch(
         self, conversation_id: str, route: ConversationRoute, data: dict[str, Any], timestamp_ms: float
@@ -159,7 +179,7 @@ class LiveState:
         if isinstance(name, str):
             conversation.project_name = name[:256]
         elif conversation.project_name is None and conversation.project_id is not None:
-            conversation.project_name = self.project_names.get(conversation.project_id)
+            conversation.project_name = self.project_name(conversation.project_id)
         return conversation
 
     def _count(
@@ -218,6 +238,33 @@ class LiveState:
             "projectId": project_id,
         }
 
+    def project_name(self, project_id: int) -> str | None:
+        project = self.projects.get(project_id)
+        return None if project is None else project.name
+
+    def known_projects(self, limit: int, within: frozenset[int] | None = None) -> dict[str, Any]:
+        """Most recently active first (projects with no known activity last)."""
+        active = Counter(c.project_id for c in self.active.values())
+        selected = [
+            (project_id, project)
+            for project_id, project in reversed(self.projects.items())
+            if within is None or project_id in within
+        ]
+        selected.sort(key=lambda item: -(item[1].last_activity or 0))
+        return {
+            "projects": [
+                {
+                    "projectId": project_id,
+                    "projectName": project.name,
+                    "projectPath": project.path,
+                    "lastActivity": project.last_activity,
+                    "activeConversations": active[project_id],
+                }
+                for project_id, project in selected[:limit]
+            ],
+            "total": len(selected),
+        }
+
     def project_activity(
         self, project_id: int, start: float | None, end: float | None, now_ms: float
     ) -> dict[str, Any]:
@@ -241,12 +288,34 @@ class LiveState:
         active = sum(1 for c in self.active.values() if c.project_id == project_id)
         return {
             "projectId": project_id,
-            "projectName": self.project_names.get(project_id),
+            "projectName": self.project_name(project_id),
             "timeRange": {"start": start, "end": end},
             "bucketMs": self.bucket_ms,
             "totals": {**totals.to_json(), "activeConversations": active},
             "buckets": buckets,
         }
+
+
+def _project_path(data: dict[str, Any]) -> str | None:
+    for container in (data.get("projectInfo"), data.get("project")):
+        if isinstance(container, dict) and isinstance(container.get("path"), str):
+            return str(container["path"])[:1024]
+    return None
+
+
+def _last_activity(type_: str, data: dict[str, Any], timestamp_ms: float) -> float | None:
+    """The moment an event says its project was last active: a message's or a conversation's own
+    time, or the figure a project event carries; reports sent on a timer say nothing about it."""
+    if type_ in ("message_added", "conversation_started"):
+        return timestamp_ms
+    if type_ == "project_discovered":
+        value = data.get("lastActivity")
+    elif type_ == "project_updated":
+        changes = data.get("changes")
+        value = changes.get("lastActivity") if isinstance(changes, dict) else None
+    else:
+        return None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _project_name(data: dict[str, Any]) -> str | None:

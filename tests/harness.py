@@ -151,6 +151,8 @@ def spawn(
         "max_connections_per_ip": 10_000,
         "max_handshakes_per_ip": 1_000_000,
         "drain_window": 1,  # stopping servers in tests need not pace their clients for long
+        # The transcript watcher would read the real ~/.claude: tests that want it point it elsewhere.
+        "watch": False,
         **options,
     }
     argv = [sys.executable, str(ROOT / "supervisor.py")]
@@ -170,6 +172,7 @@ def spawn(
                 "OBSERVATORY_JWT_SECRET": TEST_SECRET,
                 # Never the real home: a first start would write its generated secret there.
                 "XDG_CONFIG_HOME": str(tmp_path / "config"),
+                "XDG_STATE_HOME": str(tmp_path / "state"),
                 **(env or {}),
             },
         )

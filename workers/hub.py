@@ -41,10 +41,10 @@ from core.protocol import (
     CloseCode,
     Disconnect,
     ErrorCode,
-    GetActiveConversations,
-    GetProjectActivity,
+    GetProjects,
     Ping,
     ProtocolError,
+    Query,
     RefreshToken,
     RequestId,
     Subscribe,
@@ -204,6 +204,9 @@ class Hub:
             "serverTime": now_ms(),
             "capabilities": capabilities(self.worker_id),
             "limits": limits,
+            # Where the bus stands: a new client may resume from a little before it to see recent events.
+            "epoch": self.order.epoch,
+            "seq": self.order.last,
         }
         client.send(encode_message("connection_established", data, now_ms()))
         session_id = client.principal.session
@@ -464,8 +467,9 @@ class Hub:
 
     # --- queries to the ingest --------------------------------------------------------------------
 
-    def _query(self, client: ClientSession, request: GetActiveConversations | GetProjectActivity) -> None:
-        within = scope_query(request.project_id, client.principal)
+    def _query(self, client: ClientSession, request: Query) -> None:
+        project_id = None if isinstance(request, GetProjects) else request.project_id
+        within = scope_query(project_id, client.principal)
         if isinstance(within, Unauthorized):
             self._unauthorized(client, within, request.request_id, "error")
             return

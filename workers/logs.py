@@ -24,6 +24,8 @@ def setup_logging(level: str, role: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("picows").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # watchfiles logs every batch of changes at INFO.
+    logging.getLogger("watchfiles").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 def set_role(role: str) -> None:

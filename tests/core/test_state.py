@@ -272,7 +272,7 @@ def test_project_name_known_earlier_fills_new_conversations() -> None:
 def test_project_name_needs_a_project_id() -> None:
     state = make()
     apply(state, "conversation_started", "c1", T0, project=None, data={"projectInfo": {"name": "orphan"}})
-    assert state.project_names == {}
+    assert state.projects == {}
 
 
 def test_a_timestamp_from_the_future_counts_at_the_ingest_clock() -> None:
@@ -308,5 +308,55 @@ def test_project_names_are_bounded() -> None:
         apply(
             state, "project_discovered", None, T0, project=project, data={"project": {"name": f"p{project}"}}
         )
-    assert len(state.project_names) == 8
-    assert state.project_names[19] == "p19"
+    assert len(state.projects) == 8
+    assert state.project_name(19) == "p19"
+    assert state.project_name(0) is None
+
+
+def test_known_projects_most_recently_active_first_with_their_path_and_active_count() -> None:
+    state = make()
+    apply(
+        state,
+        "project_discovered",
+        None,
+        T0,
+        project=1,
+        data={"project": {"name": "a", "path": "/a"}, "lastActivity": T0 - 5},
+    )
+    apply(
+        state,
+        "conversation_started",
+        "c1",
+        T0 + 10,
+        project=2,
+        data={"projectInfo": {"name": "b", "path": "/b"}},
+    )
+    apply(state, "analytics_update", None, T0 + 99_999, project=1)  # a timed report is no activity
+    answer = state.known_projects(10)
+    assert answer["total"] == 2
+    assert answer["projects"] == [
+        {
+            "projectId": 2,
+            "projectName": "b",
+            "projectPath": "/b",
+            "lastActivity": T0 + 10,
+            "activeConversations": 1,
+        },
+        {
+            "projectId": 1,
+            "projectName": "a",
+            "projectPath": "/a",
+            "lastActivity": T0 - 5,
+            "activeConversations": 0,
+        },
+    ]
+    assert state.known_projects(1)["projects"][0]["projectId"] == 2
+    assert [p["projectId"] for p in state.known_projects(10, within=frozenset({1}))["projects"]] == [1]
+
+
+def test_project_updated_moves_last_activity_forward_only() -> None:
+    state = make()
+    apply(state, "project_updated", None, T0, project=1, data={"changes": {"lastActivity": T0 + 50}})
+    apply(state, "project_updated", None, T0, project=1, data={"changes": {"lastActivity": T0 + 10}})
+    apply(state, "project_updated", None, T0, project=1, data={"changes": {"lastActivity": "soon"}})
+    assert state.known_projects(10)["projects"][0]["lastActivity"] == T0 + 50
