@@ -15,6 +15,8 @@ reads a file or a clock itself, so every rule below is tested without either:
   carries ``usage``, the lines of the other content blocks of that response carry ``null``.
 - Once per ``analytics_interval_ms``: an ``analytics_update`` for each project that had messages
   in the period, and a ``project_updated`` for each project whose figures changed.
+- ``announce`` tells a new ingest run (whose live state starts empty) every project and every
+  active conversation again.
 """
 
 from __future__ import annotations
@@ -273,6 +275,39 @@ class ConversationTracker:
                 now_ms,
             )
         )
+
+    def announce(self, now_ms: int) -> list[Outgoing]:
+        """Everything a new ingest run should know again: each project, each active conversation."""
+        out = [
+            Outgoing(
+                "project_discovered",
+                {
+                    "project": project.info(),
+                    "conversationCount": project.conversation_count,
+                    "lastActivity": project.last_activity,
+                },
+                now_ms,
+            )
+            for project in self.projects.values()
+        ]
+        for conversation in self.conversations.values():
+            if conversation.active and conversation.project_id in self.projects:
+                project = self.projects[conversation.project_id]
+                out.append(
+                    Outgoing(
+                        "conversation_started",
+                        {
+                            "conversationId": conversation.session_id,
+                            "sessionId": conversation.session_id,
+                            "projectId": project.id,
+                            "projectName": project.name,
+                            "projectInfo": project.info(),
+                            "startTime": conversation.start_time,
+                        },
+                        conversation.start_time,
+                    )
+                )
+        return out
 
     # --- time ----------------------------------------------------------------------------------
 

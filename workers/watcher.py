@@ -7,6 +7,10 @@ missed), parses each new complete line (``core.transcripts``), turns it into eve
 API. Read offsets and the tracker's state are saved in a small state file after each batch, so a
 restart publishes nothing twice; the first start (no state file) publishes only the conversations
 whose file changed within ``watch_backfill``.
+
+The ingest keeps its live state in memory. The watcher listens to the ingest's beats on the bus, and
+when a new ingest run (epoch) appears it announces every known project and active conversation
+again, so the queries answer the same after an ingest restart.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import zmq
 from watchfiles import Change, awatch
 
 from clients.producer import Producer
@@ -44,6 +49,7 @@ STEP_MS = 20  # quiet time that ends a gathering early: a lone append is read wi
 HEAD_SCAN_BYTES = 1 << 16  # how far into a file left out of the backfill we look for its cwd
 MAX_DEPTH = 4  # transcripts_dir/<project>/<session>.jsonl, and sub-agents' files a level or two below
 MAX_LOGGED_FILES = 10_000
+CONTROL_FRAME, BEAT_FRAME = b"control", b"beat"
 
 
 def default_state_path(env: Mapping[str, str]) -> Path:
@@ -51,14 +57,20 @@ def default_state_path(env: Mapping[str, str]) -> Path:
     return Path(base) / "observatory" / "watcher-state.json"
 
 
-def is_transcript(_change: Change, path: str) -> bool:
-    return path.endswith(".jsonl")
+def is_transcript_or_folder(change: Change, path: str) -> bool:
+    """Transcripts, and new folders: a file written into a folder before its watch is in place
+    sends no event of its own, so a new folder is scanned."""
+    return path.endswith(".jsonl") or (change == Change.added and os.path.isdir(path))
 
 
 class Watcher:
-    def __init__(self, settings: Settings, producer: Producer, state_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, producer: Producer, bus: zmq.Socket[bytes], state_path: Path
+    ) -> None:
         self.settings = settings
         self.producer = producer
+        self.bus = bus  # SUB to the ingest's beats: a new epoch means a new, empty live state
+        self.epoch: str | None = None  # the ingest run the watcher's events went to
         self.state_path = state_path
         self.root = Path(os.path.expanduser(settings.transcripts_dir)).resolve()
         self.max_line = settings.max_transcript_line_bytes
@@ -96,6 +108,8 @@ class Watcher:
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
                 raise StateError("not a watcher state file of this version")
             self.tracker.restore(state["tracker"])
+            epoch = state.get("epoch")
+            self.epoch = epoch if isinstance(epoch, str) else None
             files = state["files"] if state.get("root") == str(self.root) else {}
         except (orjson.JSONDecodeError, KeyError, StateError) as exc:
             log.warning(
@@ -122,6 +136,7 @@ class Watcher:
         state = {
             "version": STATE_VERSION,
             "root": str(self.root),
+            "epoch": self.epoch,
             "files": {
                 key: file.position.to_json() for key, file in self.files.items() if file.position is not None
             },
@@ -255,7 +270,27 @@ class Watcher:
             self._dirty = True
         self._held_back_logged = False
 
+    def check_epoch(self) -> None:
+        """Read the beats that came in; on a new ingest run, announce what the old one knew."""
+        epoch = None
+        while True:
+            try:
+                frames = self.bus.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) == 3 and frames[1] == BEAT_FRAME:
+                with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                    epoch = orjson.loads(frames[2]).get("epoch")
+        if not isinstance(epoch, str) or epoch == self.epoch:
+            return
+        if self.epoch is not None:
+            log.info("the ingest started a new run (%s): announcing what it has to know again", epoch)
+            self.outbox.extend(self.tracker.announce(_now_ms()))
+        self.epoch = epoch
+        self._dirty = True
+
     def tick(self) -> None:
+        self.check_epoch()
         self.outbox.extend(self.tracker.tick(_now_ms()))
         self.flush()
         self.save_if_due()
@@ -295,7 +330,7 @@ class Watcher:
         scanned_at = time.monotonic()
         async for changes in awatch(
             self.root,
-            watch_filter=is_transcript,
+            watch_filter=is_transcript_or_folder,
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
             stop_event=stop,
@@ -306,14 +341,17 @@ class Watcher:
             ignore_permission_denied=True,
         ):
             keys = set()
+            new_folder = False
             for change, path in changes:
                 key = os.path.relpath(path, self.root)
                 if change == Change.deleted and not os.path.exists(path):
                     self.forget(key)
-                else:
+                elif path.endswith(".jsonl"):
                     keys.add(key)
+                else:
+                    new_folder = True
             await self.catch_up(sorted(keys))
-            if time.monotonic() - scanned_at >= RESCAN_INTERVAL:
+            if new_folder or time.monotonic() - scanned_at >= RESCAN_INTERVAL:
                 await self.catch_up(self.scan())
                 scanned_at = time.monotonic()
             if not self.root.is_dir():
@@ -350,7 +388,12 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
         raise BootError(f"cannot create the folder of the state file {state_path}: {exc.strerror}") from None
     # send_timeout 0: a full queue comes back at once and the watcher keeps the events itself.
     producer = Producer(settings.ingest_endpoint, send_timeout=0.0, linger=2.0)
-    watcher = Watcher(settings, producer, state_path)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    bus = context.socket(zmq.SUB)
+    bus.setsockopt(zmq.SUBSCRIBE, CONTROL_FRAME)
+    bus.setsockopt(zmq.LINGER, 0)
+    bus.connect(settings.bus_endpoint)
+    watcher = Watcher(settings, producer, bus, state_path)
     liveness = Liveness(beat_fd, parent_pid, stop.set)
     try:
         watcher.load_state()
@@ -372,3 +415,5 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
     finally:
         liveness.stop()
         producer.close()
+        bus.close()
+        context.term()

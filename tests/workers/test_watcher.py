@@ -316,3 +316,30 @@ async def test_a_watcher_that_cannot_boot_leaves_the_server_serving(tmp_path: Pa
         await client.close()
     finally:
         server.stop()
+
+
+async def test_after_an_ingest_restart_the_queries_know_the_projects_again(tmp_path: Path) -> None:
+    server = await start_watching(tmp_path)
+    try:
+        client = await subscribed(server, {"eventTypes": ["message_added"]})
+        writer = TranscriptWriter(tmp_path / "projects", cwd=SHOP)
+        writer.user("before the ingest dies")
+        await events_until(client, count("message_added", 1))
+        await asyncio.sleep(1.5)  # the watcher hears the first run's beat
+        victim = signal_child(server, "obs-ingest", signal.SIGKILL)
+        await asyncio.to_thread(wait_replaced, server, "obs-ingest", victim)
+        deadline = time.monotonic() + 10
+        projects: dict[str, Any] = {"total": 0}
+        while projects["total"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            try:
+                projects = await client.get_projects()
+            except Exception:  # the new ingest may not answer queries yet
+                continue
+        assert [p["projectName"] for p in projects["projects"]] == ["shop_api"]
+        active = await client.get_active_conversations()
+        assert [c["conversationId"] for c in active["conversations"]] == [writer.session_id]
+        assert "announcing what it has to know again" in server.log()
+        await client.close()
+    finally:
+        server.stop()
