@@ -138,19 +138,41 @@ class ConversationTracker:
             self.skipped["duplicate"] += 1
             return
         conversation = self.conversations.get(line.session_id)
+        if conversation is not None and conversation.project_id not in self.projects:
+            del self.conversations[line.session_id]  # its project was forgotten: start it afresh
+            conversation = None
         if conversation is None and line.cwd is None:
-            waiting = self._waiting.get(line.session_id)
-            if waiting is None and len(self._waiting) < MAX_WAITING_CONVERSATIONS:
-                waiting = self._waiting[line.session_id] = []
-            if waiting is not None and len(waiting) < MAX_WAITING_LINES:
-                waiting.append(line)
-            else:
-                self.skipped["no_cwd"] += 1
+            self._hold(line)
             return
+        if conversation is None or not conversation.active:
+            # Lines held for want of a cwd came first in the file: they open the conversation.
+            held = [h for h in self._waiting.pop(line.session_id, ()) if h.uuid not in self._seen_uuids]
+            first = held[0] if held else line
+            start = now_ms if first.timestamp is None else first.timestamp
+            conversation = self._start(line.session_id, line.cwd, conversation, start, out)
+            for earlier in held:
+                self._add(earlier, conversation, now_ms, out, latest)
+        self._add(line, conversation, now_ms, out, latest)
+
+    def _hold(self, line: MessageLine) -> None:
+        waiting = self._waiting.get(line.session_id)
+        if waiting is None and len(self._waiting) < MAX_WAITING_CONVERSATIONS:
+            waiting = self._waiting[line.session_id] = []
+        if waiting is not None and len(waiting) < MAX_WAITING_LINES:
+            waiting.append(line)
+        else:
+            self.skipped["no_cwd"] += 1
+
+    def _add(
+        self,
+        line: MessageLine,
+        conversation: Conversation,
+        now_ms: int,
+        out: list[Outgoing],
+        latest: dict[str, dict[str, Any]],
+    ) -> None:
         self._see(line.uuid, line.session_id)
         timestamp = now_ms if line.timestamp is None else line.timestamp
-        if conversation is None or not conversation.active:
-            conversation = self._start(line, conversation, timestamp, out)
         project = self.projects[conversation.project_id]
         conversation.message_count += 1
         conversation.tool_use_count += len(line.message["toolUses"])
@@ -168,18 +190,20 @@ class ConversationTracker:
         latest[line.session_id] = data
         self._add_to_period(project.id, line, message)
         out.append(Outgoing("message_added", data, timestamp))
-        waiting = self._waiting.pop(line.session_id, None)
-        for held in waiting or ():
-            self._message(held, now_ms, out, latest)
 
     def _start(
-        self, line: MessageLine, ended: Conversation | None, timestamp: int, out: list[Outgoing]
+        self,
+        session_id: str,
+        cwd: str | None,
+        ended: Conversation | None,
+        timestamp: int,
+        out: list[Outgoing],
     ) -> Conversation:
         if ended is None:
-            assert line.cwd is not None
-            project = self._project(line.cwd, timestamp, out)
+            assert cwd is not None
+            project = self._project(cwd, timestamp, out)
             project.conversation_count += 1
-            conversation = Conversation(line.session_id, project.id, timestamp, timestamp)
+            conversation = Conversation(session_id, project.id, timestamp, timestamp)
             self._remember(conversation)
         else:
             conversation = ended
@@ -191,8 +215,8 @@ class ConversationTracker:
             Outgoing(
                 "conversation_started",
                 {
-                    "conversationId": line.session_id,
-                    "sessionId": line.session_id,
+                    "conversationId": session_id,
+                    "sessionId": session_id,
                     "projectId": project.id,
                     "projectName": project.name,
                     "projectInfo": project.info(),
@@ -429,8 +453,8 @@ class ConversationTracker:
             usage_keys = [(str(k[0]), str(k[1])) for k in state["usageKeys"] if _is_pair(k)]
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"unreadable watcher state: {exc}") from None
-        known = {p.id for p in projects}
         self.projects = OrderedDict((p.id, p) for p in projects[-MAX_PROJECTS:])
+        known = set(self.projects)
         self.conversations = OrderedDict(
             (c.session_id, c) for c in conversations[-MAX_CONVERSATIONS:] if c.project_id in known
         )

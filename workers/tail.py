@@ -69,9 +69,11 @@ class TranscriptFile:
             stat = os.fstat(file.fileno())
             head = file.read(HEAD_BYTES)
             end = stat.st_size
-            # An unfinished last line is left to be read when its writer finishes it.
-            file.seek(max(0, end - READ_CHUNK))
-            tail = file.read()
+            # An unfinished last line is left to be read when its writer finishes it. Read no further
+            # than the size just taken: a line finished meanwhile must not be cut in two.
+            start = max(0, end - READ_CHUNK)
+            file.seek(start)
+            tail = file.read(end - start)
         cut = tail.rfind(b"\n")
         skipping = False
         if cut >= 0:
