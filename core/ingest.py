@@ -31,6 +31,7 @@ RESERVED_TYPES = frozenset(
         "error",
         "active_conversations",
         "project_activity",
+        "projects",
         "server_shutdown",
         "resume_failed",
         "resumed",

@@ -199,8 +199,9 @@ HANDSHAKES = [
     refused("129-headers", 400, Handshake(extra=tuple(f"X-{i}: 1" for i in range(123)))),
     refused("headers-over-16-KiB", CLOSED, Handshake(extra=("X-Big: " + "a" * 17_000,))),
     # HTTP, but not a WebSocket upgrade (checked after the token, so these carry a valid one).
-    refused("plain-get", 400, Handshake({"Upgrade": None, "Connection": None})),
-    refused("upgrade-h2c", 400, Handshake({"Upgrade": "h2c"})),
+    # A request that asks for no WebSocket is plain HTTP: GET / is the dashboard, no token needed.
+    refused("plain-get", 200, Handshake({"Upgrade": None, "Connection": None})),
+    refused("upgrade-h2c", 200, Handshake({"Upgrade": "h2c"})),
     refused("no-connection-header", 400, Handshake({"Connection": None})),
     refused("connection-keep-alive", 400, Handshake({"Connection": "keep-alive"})),
     refused("no-key", 400, Handshake({"Sec-WebSocket-Key": None})),
@@ -213,7 +214,7 @@ HANDSHAKES = [
     # RFC 6455 4.2.1: Connection must *include* the Upgrade token; Firefox sends this one.
     refused("connection-token-list-is-fine", 101, Handshake({"Connection": "keep-alive, Upgrade"})),
     # Token problems: 401, and the token is checked before the upgrade is.
-    refused("plain-get-without-token", 401, Handshake({"Upgrade": None, "Authorization": None})),
+    refused("plain-get-without-token", 200, Handshake({"Upgrade": None, "Authorization": None})),
     refused("no-token", 401, Handshake({"Authorization": None})),
     refused("empty-bearer", 401, Handshake({"Authorization": "Bearer "})),
     refused("basic-auth", 401, Handshake({"Authorization": "Basic dXNlcjpwYXNz"})),
@@ -628,6 +629,11 @@ MESSAGE_ROWS = [
         b'"requestId": "m"}',
         invalid("m"),
     ),
+    row("projects-limit-zero", message("get_projects", {"limit": 0}, "m"), invalid("m")),
+    row("projects-limit-over-1000", message("get_projects", {"limit": 1001}, "m"), invalid("m")),
+    row("projects-limit-string", message("get_projects", {"limit": "10"}, "m"), invalid("m")),
+    row("projects-limit-true", message("get_projects", {"limit": True}, "m"), invalid("m")),
+    row("projects-limit-fraction", message("get_projects", {"limit": 2.5}, "m"), invalid("m")),
     row("activity-project-missing", message("get_project_activity", {}, "m"), invalid("m")),
     row("activity-project-null", message("get_project_activity", {"projectId": None}, "m"), invalid("m")),
     row("activity-project-fraction", message("get_project_activity", {"projectId": 7.5}, "m"), invalid("m")),
@@ -693,6 +699,11 @@ MESSAGE_ROWS = [
     row(
         "query-without-query-permission",
         Send(message("get_active_conversations", {}, "m"), token={"permissions": ["subscribe"]}),
+        Answer("error", "UNAUTHORIZED", "m"),
+    ),
+    row(
+        "projects-without-query-permission",
+        Send(message("get_projects", {}, "m"), token={"permissions": ["subscribe"]}),
         Answer("error", "UNAUTHORIZED", "m"),
     ),
 ]

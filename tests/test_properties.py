@@ -226,6 +226,7 @@ REPLY_TYPES = {
     "pong",
     "active_conversations",
     "project_activity",
+    "projects",
     "token_refreshed",
 }
 ERROR_CODES = {"INVALID_MESSAGE", "UNKNOWN_MESSAGE_TYPE", "QUERY_TIMEOUT", "QUERY_FAILED", "UNAUTHORIZED"}
@@ -267,6 +268,7 @@ def is_query(frame: Frame) -> bool:
     return isinstance(message, dict) and message.get("type") in (
         "get_active_conversations",
         "get_project_activity",
+        "get_projects",
     )
 
 

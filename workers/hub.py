@@ -71,6 +71,7 @@ from workers.keys import AuthSetup
 from workers.replay import Replays
 from workers.session import ClientSession
 from workers.shared import CounterRow
+from workers.web import load_assets, serve_file, wants_websocket
 from workers.zmqio import drain_batch
 
 log = logging.getLogger("observatory.worker")
@@ -103,6 +104,7 @@ class Hub:
         self.worker_id = worker_id
         self.auth = auth
         self.allowed_origins = parse_origins(settings.allowed_origins)
+        self.assets = load_assets()
         # Connections by token session, so a revocation closes them without scanning every client.
         self.by_session: dict[str, set[ClientSession]] = {}
         self.revoked: dict[str, None] = {}
@@ -152,7 +154,11 @@ class Hub:
     def listener_for(
         self, request: WSUpgradeRequest, peer: str | None
     ) -> ClientSession | WSUpgradeResponseWithListener:
-        """Admit a handshake or answer it with an HTTP status: 403, then 503/429, then 401."""
+        """Admit a handshake or answer it with an HTTP status: 403, then 503/429, then 401.
+
+        A request that asks for no upgrade is plain HTTP: the dashboard's files."""
+        if not wants_websocket(request):
+            return serve_file(request, self.assets)
         headers = request.headers
         if not origin_allowed(headers.get("Origin"), headers.get("Host"), self.allowed_origins):
             return _refuse(403, b"origin not allowed\n")
