@@ -154,6 +154,10 @@ async def test_query_counts_equal_the_lines_written(tmp_path: Path) -> None:
             project_id_for("/home/dev/blog"): "blog",
         }
         assert {p["projectPath"] for p in projects["projects"]} == {SHOP, "/home/dev/blog"}
+        scoped = server.client(token=server.token(projects=[project_id_for(SHOP)]))
+        await scoped.connect()
+        assert [p["projectName"] for p in (await scoped.get_projects())["projects"]] == ["shop_api"]
+        await scoped.close()
         await client.close()
     finally:
         server.stop()
