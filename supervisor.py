@@ -477,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["token"]:
         return token_main(arguments[1:])
+    if arguments[:1] == ["watch"]:
+        return watch_main(arguments[1:])
     try:
         settings = load_from_command_line(arguments)
         check_exposure(settings)
@@ -501,6 +503,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if address is not None:
         print(f"observatory: connect with {address}", file=sys.stderr, flush=True)
     return Supervisor(settings, auth).run()
+
+
+def watch_main(argv: Sequence[str]) -> int:
+    """``observatory watch``: only the transcript watcher, pushing to an ingest elsewhere (a team's
+    server): each member's machine runs one, with ``--ingest-endpoint tcp://server:5557``."""
+    from workers import watcher
+
+    try:
+        settings = load_from_command_line(argv)
+    except ConfigError as exc:
+        print(f"observatory watch: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, "watcher")
+    log.info("watching %s; pushing to %s", settings.transcripts_dir, settings.ingest_endpoint)
+    return run_child("watcher", lambda: watcher.serve(settings, None, None))
 
 
 def token_main(argv: Sequence[str]) -> int:

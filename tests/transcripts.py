@@ -90,9 +90,11 @@ class TranscriptWriter:
     def user(self, content: str | list[dict[str, Any]], at: int | None = None) -> dict[str, Any]:
         return self._message("user", {"role": "user", "content": content}, at)
 
-    def tool_result(self, tool_use_id: str | None, content: str, is_error: bool = False) -> dict[str, Any]:
+    def tool_result(
+        self, tool_use_id: str | None, content: str, is_error: bool = False, at: int | None = None
+    ) -> dict[str, Any]:
         block = {"tool_use_id": tool_use_id, "type": "tool_result", "content": content, "is_error": is_error}
-        return self.user([block])
+        return self.user([block], at)
 
     def assistant(
         self,

@@ -374,7 +374,8 @@ async def _tick_forever(watcher: Watcher, stop: asyncio.Event) -> None:
         watcher.tick()
 
 
-async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
+async def serve(settings: Settings, beat_fd: int | None, parent_pid: int | None) -> None:
+    """Run until SIGTERM or SIGINT; without a beat pipe (``observatory watch``) nobody watches it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -394,10 +395,11 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
     bus.setsockopt(zmq.LINGER, 0)
     bus.connect(settings.bus_endpoint)
     watcher = Watcher(settings, producer, bus, state_path)
-    liveness = Liveness(beat_fd, parent_pid, stop.set)
+    liveness = Liveness(beat_fd, parent_pid, stop.set) if beat_fd is not None and parent_pid else None
     try:
         watcher.load_state()
-        liveness.start()
+        if liveness is not None:
+            liveness.start()
         try:
             async with asyncio.TaskGroup() as group:  # either failing stops both, and the process
                 group.create_task(watcher.run(stop))
@@ -413,7 +415,8 @@ async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
                 len(watcher.outbox),
             )
     finally:
-        liveness.stop()
+        if liveness is not None:
+            liveness.stop()
         producer.close()
         bus.close()
         context.term()

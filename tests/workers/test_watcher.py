@@ -6,13 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from clients.client import ObservatoryClient
 from core.transcripts import project_id_for
-from tests.harness import ServerProcess, next_event, signal_child, start_server, wait_replaced, wait_until
+from tests.harness import (
+    ROOT,
+    ServerProcess,
+    next_event,
+    signal_child,
+    start_server,
+    wait_replaced,
+    wait_until,
+)
 from tests.transcripts import TranscriptWriter, text, thinking, tool_use, usage
 
 SHOP = "/home/dev/shop_api"
@@ -346,4 +356,38 @@ async def test_after_an_ingest_restart_the_queries_know_the_projects_again(tmp_p
         assert "announcing what it has to know again" in server.log()
         await client.close()
     finally:
+        server.stop()
+
+
+async def test_observatory_watch_runs_a_lone_watcher_into_another_servers_ingest(tmp_path: Path) -> None:
+    server = await asyncio.to_thread(start_server, tmp_path, 1)  # the team's server: no watcher of its own
+    laptop = tmp_path / "laptop"
+    argv = [
+        sys.executable,
+        str(ROOT / "supervisor.py"),
+        "watch",
+        "--ingest-endpoint",
+        server.ingest_endpoint,
+        "--transcripts-dir",
+        str(laptop / "projects"),
+        "--watch-state-file",
+        str(laptop / "state.json"),
+    ]
+    log_path = tmp_path / "watch.log"
+    with open(log_path, "wb") as log_file:
+        watch = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        client = await subscribed(server, {"eventTypes": ["message_added"]})
+        writer = TranscriptWriter(laptop / "projects", cwd=SHOP)
+        writer.user("from a team member's machine")
+        event = await next_event(client, "message_added", 10)
+        assert event is not None and event["data"]["message"]["content"] == "from a team member's machine"
+        watch.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(watch.wait, 10) == 0
+        assert (laptop / "state.json").exists()
+        await client.close()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(5)
         server.stop()
