@@ -27,6 +27,7 @@ from typing import Any
 from core.auth import PERMISSIONS, mint_token
 from core.config import OPTIONS, Settings, load_settings
 from core.errors import BootError, ConfigError
+from core.transcripts import project_id_for
 from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child, set_process_name
 from workers.keys import AuthSetup, load_auth
 from workers.logs import setup_logging
@@ -533,6 +534,14 @@ def token_main(argv: Sequence[str]) -> int:
         metavar="ID",
         help="a project the token may see (repeat for several)",
     )
+    parser.add_argument(
+        "--project-dir",
+        action="append",
+        dest="project_dirs",
+        default=[],
+        metavar="PATH",
+        help="a project by its working directory, as the transcript watcher names it (repeat for several)",
+    )
     parser.add_argument("--all-projects", action="store_true", help='every project (projectIds: "*")')
     parser.add_argument(
         "--permission",
@@ -544,8 +553,9 @@ def token_main(argv: Sequence[str]) -> int:
     parser.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
     parser.add_argument("--session", help="the sid claim, so the session can be revoked")
     args = parser.parse_args(argv)
+    args.projects = (args.projects or []) + [project_id_for(path) for path in args.project_dirs]
     if not args.projects and not args.all_projects:
-        parser.error("name at least one --project, or --all-projects")
+        parser.error("name at least one --project or --project-dir, or --all-projects")
     if args.ttl <= 0:
         parser.error("--ttl must be positive")
     try:

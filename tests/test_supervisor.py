@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from clients import ObservatoryClient
+from core.transcripts import project_id_for
 from tests.harness import (
     ROOT,
     TEST_SECRET,
@@ -281,6 +282,28 @@ def test_first_start_generates_a_private_secret_and_prints_a_working_address(tmp
         assert claims["sub"] == "bob" and claims["projectIds"] == [5] and claims["sid"] == "s9"
         assert claims["permissions"] == ["query", "subscribe"]
         assert 55 <= claims["exp"] - claims["iat"] <= 60
+    finally:
+        server.stop()
+
+
+def test_token_command_names_projects_by_their_working_directory() -> None:
+    minted = run_observatory(
+        ["token", "--project-dir", "/home/dev/shop_api", "--project", "7"],
+        {"OBSERVATORY_JWT_SECRET": TEST_SECRET},
+    )
+    assert minted.returncode == 0, minted.stderr
+    claims = jwt.decode(minted.stdout.strip(), TEST_SECRET, algorithms=["HS256"])
+    assert claims["projectIds"] == [7, project_id_for("/home/dev/shop_api")]
+
+
+def test_the_start_prints_the_dashboard_with_its_token_in_the_fragment(tmp_path: Path) -> None:
+    server, _ = spawn(tmp_path, workers=1)
+    try:
+        wait_until(lambda: "dashboard at http://" in server.log(), 15, "the dashboard's address")
+        address = server.log().split("dashboard at ", 1)[1].split()[0]
+        assert address.startswith(f"http://127.0.0.1:{server.port}/#token=")
+        token = address.split("#token=", 1)[1]
+        assert jwt.decode(token, TEST_SECRET, algorithms=["HS256"])["permissions"] == ["admin"]
     finally:
         server.stop()
 
