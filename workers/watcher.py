@@ -49,6 +49,9 @@ STEP_MS = 20  # quiet time that ends a gathering early: a lone append is read wi
 HEAD_SCAN_BYTES = 1 << 16  # how far into a file left out of the backfill we look for its cwd
 MAX_DEPTH = 4  # transcripts_dir/<project>/<session>.jsonl, and sub-agents' files a level or two below
 MAX_LOGGED_FILES = 10_000
+# Events kept while the ingest takes none; past it the watcher stops reading, and the lines wait in
+# their files (the offsets do not move) until the ingest is back.
+MAX_OUTBOX = 100_000
 CONTROL_FRAME, BEAT_FRAME = b"control", b"beat"
 
 
@@ -88,6 +91,7 @@ class Watcher:
         self._saved_at = 0.0
         self._logged: set[tuple[str, str]] = set()
         self._held_back_logged = False
+        self._rescan_due = False  # reading stopped on a full outbox: read everything again once it empties
 
     # --- state file ----------------------------------------------------------------------------
 
@@ -144,7 +148,10 @@ class Watcher:
         }
         temporary = self.state_path.with_suffix(".tmp")
         try:
-            temporary.write_bytes(orjson.dumps(state))
+            # Project paths and conversation titles: for the owner's eyes only.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(orjson.dumps(state))
             os.replace(temporary, self.state_path)
         except OSError as exc:
             log.error("cannot save the state file %s: %s", self.state_path, exc.strerror)
@@ -208,7 +215,10 @@ class Watcher:
     async def catch_up(self, keys: Iterable[str]) -> None:
         """Read the new lines of these files, yielding to the loop between reads."""
         for key in keys:
-            while self.read_file(key):
+            if len(self.outbox) >= MAX_OUTBOX:
+                self._rescan_due = True
+                break
+            while self.read_file(key) and len(self.outbox) < MAX_OUTBOX:
                 self.flush()
                 await asyncio.sleep(0)
             self.flush()
@@ -268,6 +278,8 @@ class Watcher:
             self.outbox.popleft()
             self.counts["published"] += 1
             self._dirty = True
+        if self._held_back_logged:
+            log.info("the ingest takes events again")
         self._held_back_logged = False
 
     def check_epoch(self) -> None:
@@ -351,7 +363,9 @@ class Watcher:
                 else:
                     new_folder = True
             await self.catch_up(sorted(keys))
-            if new_folder or time.monotonic() - scanned_at >= RESCAN_INTERVAL:
+            caught_up = self._rescan_due and not self.outbox
+            if caught_up or new_folder or time.monotonic() - scanned_at >= RESCAN_INTERVAL:
+                self._rescan_due = False
                 await self.catch_up(self.scan())
                 scanned_at = time.monotonic()
             if not self.root.is_dir():
@@ -381,7 +395,9 @@ async def serve(settings: Settings, beat_fd: int | None, parent_pid: int | None)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     state_path = (
-        Path(settings.watch_state_file) if settings.watch_state_file else default_state_path(os.environ)
+        Path(settings.watch_state_file).expanduser()
+        if settings.watch_state_file
+        else default_state_path(os.environ)
     )
     try:
         state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,10 +425,11 @@ async def serve(settings: Settings, beat_fd: int | None, parent_pid: int | None)
             watcher.flush()
             watcher.save_state()
             log.info(
-                "watcher stopped: %d lines read, %d events published, %d held back",
+                "watcher stopped: %d lines read, %d events published, %d held back; lines passed over: %s",
                 watcher.counts["lines"],
                 watcher.counts["published"],
                 len(watcher.outbox),
+                dict(watcher.tracker.skipped) or "none",
             )
     finally:
         if liveness is not None:

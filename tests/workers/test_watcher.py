@@ -220,6 +220,8 @@ async def test_a_restarted_watcher_publishes_nothing_twice(tmp_path: Path) -> No
         await client.close()
     finally:
         server.stop()
+    state_file = tmp_path / "state" / "observatory" / "watcher-state.json"
+    assert state_file.stat().st_mode & 0o777 == 0o600, "project paths and titles are the owner's"
     # The whole server again, over the same state: still nothing old.
     server = await start_watching(tmp_path)
     try:
