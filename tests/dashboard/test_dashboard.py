@@ -53,6 +53,18 @@ def open_dashboard(page: Page, server: ServerProcess) -> None:
     expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "open")
 
 
+def open_after_a_line(
+    watched: tuple[ServerProcess, Path], browser: BrowserPage, line: str
+) -> tuple[Page, TranscriptWriter]:
+    """A shop_api conversation with one line, and the dashboard open on it with that line in its feed."""
+    server, root = watched
+    shop = TranscriptWriter(root, cwd=SHOP)
+    shop.user(line)
+    open_dashboard(browser.page, server)
+    expect(feed_item(browser.page, line)).to_have_count(1)
+    return browser.page, shop
+
+
 def feed_item(page: Page, content: str):  # type: ignore[no-untyped-def]
     return page.get_by_test_id("feed").get_by_test_id("feed-item").filter(has_text=content)
 
@@ -84,12 +96,7 @@ def test_the_page_loads_with_the_projects_and_conversations_and_the_token_leaves
 def test_a_line_appended_to_a_transcript_shows_in_the_feed_within_a_second(
     watched: tuple[ServerProcess, Path], browser: BrowserPage
 ) -> None:
-    server, root = watched
-    shop = TranscriptWriter(root, cwd=SHOP)
-    shop.user("before the page opened")
-    page = browser.page
-    open_dashboard(page, server)
-    expect(feed_item(page, "before the page opened")).to_have_count(1)
+    page, shop = open_after_a_line(watched, browser, "before the page opened")
     for i in range(3):
         written = time.monotonic()
         shop.user(f"appended line {i}")
@@ -121,12 +128,8 @@ def test_a_project_filter_hides_another_projects_messages(
 def test_after_its_worker_is_killed_the_page_reconnects_and_shows_what_it_missed(
     watched: tuple[ServerProcess, Path], browser: BrowserPage
 ) -> None:
-    server, root = watched
-    shop = TranscriptWriter(root, cwd=SHOP)
-    shop.user("before the crash")
-    page = browser.page
-    open_dashboard(page, server)
-    expect(feed_item(page, "before the crash")).to_have_count(1)
+    server, _ = watched
+    page, shop = open_after_a_line(watched, browser, "before the crash")
     victim = signal_child(server, "obs-worker-1", signal.SIGKILL)
     expect(page.get_by_test_id("connection-status")).not_to_have_attribute("data-state", "open")
     shop.user("written while no worker served")
