@@ -381,6 +381,7 @@ def test_the_server_reserves_every_type_it_sends_itself() -> None:
         "error",
         "active_conversations",
         "project_activity",
+        "projects",
         "server_shutdown",
         "resume_failed",
         "resumed",
