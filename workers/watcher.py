@@ -1,8 +1,9 @@
 """The transcript watcher process: Claude Code's JSONL transcripts in, events to the ingest out.
 
-It follows every ``*.jsonl`` under ``transcripts_dir`` with watchfiles (inotify and its peers,
-polling where notifications are unavailable, plus a full rescan every half minute in case one was
-missed), parses each new complete line (``core.transcripts``), turns it into events with the
+It follows every ``*.jsonl`` under ``transcripts_dir`` with watchfiles (inotify and its peers), or
+where notifications are unavailable by polling (its own: every file's inode, size and mtime each
+``watch_poll_interval``), plus a full rescan every half minute in case a notification was missed. It
+parses each new complete line (``core.transcripts``), turns it into events with the
 ``ConversationTracker`` (``core.conversations``) and pushes them to the ingest with the producer
 API. Read offsets and the tracker's state are saved in a small state file after each batch, so a
 restart publishes nothing twice; the first start (no state file) publishes only the conversations
@@ -92,6 +93,7 @@ class Watcher:
         self._logged: set[tuple[str, str]] = set()
         self._held_back_logged = False
         self._rescan_due = False  # reading stopped on a full outbox: read everything again once it empties
+        self._signatures: dict[str, tuple[int, int, int]] = {}  # what scan() saw of each file
 
     # --- state file ----------------------------------------------------------------------------
 
@@ -166,8 +168,9 @@ class Watcher:
     # --- files ---------------------------------------------------------------------------------
 
     def scan(self) -> list[str]:
-        """Every transcript under the root: forget the vanished, return the ones to read, oldest first."""
-        found: dict[str, float] = {}
+        """Every transcript under the root: forget the vanished; return the new and the changed since
+        the last scan (inode, size or mtime), oldest first."""
+        found: dict[str, os.stat_result] = {}
         root_depth = len(self.root.parts)
         for folder, subfolders, names in os.walk(self.root):
             if len(Path(folder).parts) - root_depth >= MAX_DEPTH:
@@ -176,16 +179,19 @@ class Watcher:
                 if name.endswith(".jsonl"):
                     path = os.path.join(folder, name)
                     with contextlib.suppress(OSError):
-                        found[os.path.relpath(path, self.root)] = os.stat(path).st_mtime
+                        found[os.path.relpath(path, self.root)] = os.stat(path)
         for key in set(self.files) - set(found):
             self.forget(key)
+        self._signatures = {k: v for k, v in self._signatures.items() if k in found}
         cutoff = time.time() - self.settings.watch_backfill
         to_read = []
-        for key, mtime in sorted(found.items(), key=lambda item: item[1]):
-            if key not in self.files and self.first_start and mtime < cutoff:
-                self._follow_from_end(key, mtime)
-            else:
+        for key, stat in sorted(found.items(), key=lambda item: item[1].st_mtime):
+            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if key not in self.files and self.first_start and stat.st_mtime < cutoff:
+                self._follow_from_end(key, stat.st_mtime)
+            elif self._signatures.get(key) != signature:
                 to_read.append(key)
+            self._signatures[key] = signature
         self.first_start = False
         return to_read
 
@@ -217,6 +223,7 @@ class Watcher:
         for key in keys:
             if len(self.outbox) >= MAX_OUTBOX:
                 self._rescan_due = True
+                self._signatures.clear()  # files left unread must look changed to the next scan
                 break
             while self.read_file(key) and len(self.outbox) < MAX_OUTBOX:
                 self.flush()
@@ -321,7 +328,7 @@ class Watcher:
             waiting_logged = False
             await self.catch_up(self.scan())
             try:
-                await self._follow(stop)
+                await (self._poll(stop) if self.polling else self._follow(stop))
             except (OSError, RuntimeError) as exc:
                 if not self.root.is_dir():
                     continue
@@ -337,8 +344,20 @@ class Watcher:
                 )
                 self.polling = True
 
+    async def _poll(self, stop: asyncio.Event) -> None:
+        """Our own polling rather than watchfiles': its poller compares modification times to the
+        second, so a line appended within the second of the previous change waited for another."""
+        log.info("watching %s (polling every %gs)", self.root, self.settings.watch_poll_interval)
+        while not stop.is_set():
+            await _sleep_unless(stop, self.settings.watch_poll_interval)
+            if not self.root.is_dir():
+                log.warning("%s is gone: waiting for it to come back", self.root)
+                return
+            self._rescan_due = False
+            await self.catch_up(self.scan())
+
     async def _follow(self, stop: asyncio.Event) -> None:
-        log.info("watching %s (%s)", self.root, "polling" if self.polling else "notifications")
+        log.info("watching %s (notifications)", self.root)
         scanned_at = time.monotonic()
         async for changes in awatch(
             self.root,
@@ -346,8 +365,7 @@ class Watcher:
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
             stop_event=stop,
-            force_polling=self.polling,
-            poll_delay_ms=round(self.settings.watch_poll_interval * 1000),
+            force_polling=False,
             rust_timeout=round(TICK_INTERVAL * 1000),
             yield_on_timeout=True,
             ignore_permission_denied=True,

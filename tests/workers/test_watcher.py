@@ -286,6 +286,12 @@ async def test_a_transcripts_folder_that_appears_later_is_watched(tmp_path: Path
         event = await next_event(client, "message_added", 10)
         assert event is not None and event["data"]["conversationId"] == writer.session_id
         assert "waiting for" in server.log()
+        # Appends within one second of each other: a poller that compares mtimes to the second misses some.
+        for i in range(3):
+            writer.user(f"quick {i}")
+            await asyncio.sleep(0.05)
+        quick = [await next_event(client, "message_added", 3) for _ in range(3)]
+        assert [e and e["data"]["message"]["content"] for e in quick] == ["quick 0", "quick 1", "quick 2"]
         await client.close()
     finally:
         server.stop()
