@@ -31,7 +31,7 @@ from core.transcripts import project_id_for
 from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child, set_process_name
 from workers.keys import AuthSetup, load_auth
 from workers.logs import setup_logging
-from workers.shared import SharedCounters
+from workers.shared import SharedCounters, SharedMetrics
 
 log = logging.getLogger("observatory.supervisor")
 
@@ -82,6 +82,8 @@ class Supervisor:
         # Made before any fork, so every worker maps the same memory; two rows a slot, so that during a
         # rolling restart the successor and its draining predecessor each count their own.
         self.counters = SharedCounters(2 * self.settings.workers)
+        # Every process's counts: the worker rows as above, then the ingest's and the watcher's.
+        self.metrics = SharedMetrics(2 * self.settings.workers + 2)
         self.roll_queue: list[Slot] = []
         self.rolling: tuple[Slot, int] | None = None
         self.selector = selectors.DefaultSelector()
@@ -190,12 +192,15 @@ class Supervisor:
         set_process_name("obs-" + slot.name.replace(" ", "-"))
         die_with_parent(parent_pid)
         if slot.role == "ingest":
-            return run_child(slot.name, lambda: ingest.serve(self.settings, beat_fd, parent_pid))
+            ingest_row = self.metrics.row(2 * self.settings.workers)
+            return run_child(slot.name, lambda: ingest.serve(self.settings, ingest_row, beat_fd, parent_pid))
         if slot.role == "watcher":
             return run_child(slot.name, lambda: watcher.serve(self.settings, beat_fd, parent_pid))
-        row = self.counters.writer(2 * (slot.index - 1) + slot.generation % 2)
+        row_index = 2 * (slot.index - 1) + slot.generation % 2
+        row, metrics = self.counters.writer(row_index), self.metrics.row(row_index)
         return run_child(
-            slot.name, lambda: worker.serve(self.settings, self.auth, row, slot.index, beat_fd, parent_pid)
+            slot.name,
+            lambda: worker.serve(self.settings, self.auth, row, metrics, slot.index, beat_fd, parent_pid),
         )
 
     def _slot_of(self, pid: int) -> Slot | None:
@@ -487,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"observatory: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, "supervisor")
+    setup_logging(settings.log_level, "supervisor", settings.log_format)
     try:
         check_port_free(settings.host, settings.port)
     except BootError as exc:
@@ -516,7 +521,7 @@ def watch_main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"observatory watch: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, "watcher")
+    setup_logging(settings.log_level, "watcher", settings.log_format)
     log.info("watching %s; pushing to %s", settings.transcripts_dir, settings.ingest_endpoint)
     return run_child("watcher", lambda: watcher.serve(settings, None, None))
 

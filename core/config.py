@@ -20,6 +20,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # inproc:// cannot cross processes, and the ingest and the workers are separate processes.
 ZMQ_SCHEMES = ("tcp://", "ipc://")
 WATCH_MODES = ("auto", "poll")
+LOG_FORMATS = ("text", "json")
 
 
 def _option(
@@ -296,6 +297,55 @@ class Settings:
         "Longest transcript line the watcher reads; a longer one is skipped and counted.",
         low=4096,
         high=1 << 30,
+    )
+
+    health_memory_bytes: int = _option(
+        1 << 30,
+        "OBSERVATORY_HEALTH_MEMORY_BYTES",
+        "/health warns when the server's processes together hold more resident memory than this.",
+        low=1 << 20,
+        high=1 << 44,
+    )
+    health_error_rate: float = _option(
+        0.05,
+        "OBSERVATORY_HEALTH_ERROR_RATE",
+        "/health is unhealthy (503) when more than this share of client messages got an error in the "
+        "last minute.",
+        low=0.0,
+        high=1.0,
+    )
+    health_latency_ms: float = _option(
+        100.0,
+        "OBSERVATORY_HEALTH_LATENCY_MS",
+        "/health warns when the mean broadcast latency of the last minute is above this.",
+        low=0.001,
+        high=600_000.0,
+    )
+    log_format: str = _option(
+        "text",
+        "LOG_FORMAT",
+        "text: one readable line per record; json: one JSON object per line, for log shippers.",
+        choices=LOG_FORMATS,
+    )
+    access_log: bool = _option(
+        True, "OBSERVATORY_ACCESS_LOG", "Log one line per closed WebSocket connection (never its token)."
+    )
+    permessage_deflate: bool = _option(
+        True, "WS_PERMESSAGE_DEFLATE", "Offer compression (RFC 7692) to clients that ask for it."
+    )
+    compression_threshold: int = _option(
+        1024,
+        "WS_COMPRESSION_THRESHOLD",
+        "Messages shorter than this many bytes are sent uncompressed.",
+        low=0,
+        high=1 << 30,
+    )
+    compression_level: int = _option(
+        3,
+        "WS_COMPRESSION_LEVEL",
+        "zlib level of outgoing compression (1 fastest, 9 smallest).",
+        low=1,
+        high=9,
     )
 
     drain_window: float = _option(

@@ -126,7 +126,8 @@ class IngestPipeline:
         self.max_event_bytes = max_event_bytes
         self.seq = 0
 
-    def accept(self, frame: bytes, now_ms: int) -> Published | Control | Rejected:
+    def accept(self, frame: bytes, now_ms: float) -> Published | Control | Rejected:
+        """``now_ms``: the ingest's clock, epoch milliseconds (a float: the header keeps the fraction)."""
         if len(frame) > self.max_event_bytes:
             return Rejected(f"frame of {len(frame)} bytes exceeds max_event_bytes ({self.max_event_bytes})")
         try:
@@ -151,7 +152,7 @@ class IngestPipeline:
             return Control(REVOKE_SESSION, orjson.dumps({"sid": sid}))
         timestamp = message.get("timestamp")
         if timestamp is None:
-            timestamp = now_ms
+            timestamp = int(now_ms)
         elif not (isinstance(timestamp, int | float) and not isinstance(timestamp, bool) and timestamp >= 0):
             return Rejected("timestamp must be a non-negative number of epoch milliseconds")
 
@@ -179,6 +180,6 @@ class IngestPipeline:
             {"type": type_, "data": data, "timestamp": timestamp, "seq": self.seq, "epoch": self.epoch}
         )
         header = RoutingHeader(
-            self.seq, self.epoch, type_, project_id, session_id, route.message_types, route.tool_names
+            self.seq, self.epoch, type_, project_id, session_id, route.message_types, route.tool_names, now_ms
         )
         return Published(header, payload)

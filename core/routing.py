@@ -4,7 +4,8 @@ Workers match subscriptions against this header alone, so they never parse an ev
 ingest reads the routing fields out of the event once and the bytes clients receive stay opaque.
 
 On the bus an event is a two-frame ZeroMQ message ``[header, payload]``; the header is the JSON
-array ``[seq, epoch, type, projectId, sessionId, messageTypes, toolNames]``.
+array ``[seq, epoch, type, projectId, sessionId, messageTypes, toolNames, publishedMs]``, the last
+being when the ingest published it (epoch milliseconds, a float), for the broadcast latency.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ class RoutingHeader(NamedTuple):
     session_id: str | None
     message_types: tuple[str, ...]
     tool_names: tuple[str, ...]
+    published_ms: float = 0.0
 
     def encode(self) -> bytes:
         return orjson.dumps(tuple(self))
 
     @classmethod
     def decode(cls, raw: bytes) -> RoutingHeader:
-        seq, epoch, type_, project_id, session_id, message_types, tool_names = orjson.loads(raw)
-        return cls(seq, epoch, type_, project_id, session_id, tuple(message_types), tuple(tool_names))
+        seq, epoch, type_, project_id, session_id, message_types, tool_names, *rest = orjson.loads(raw)
+        published_ms = rest[0] if rest else 0.0
+        return cls(
+            seq, epoch, type_, project_id, session_id, tuple(message_types), tuple(tool_names), published_ms
+        )

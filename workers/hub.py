@@ -37,6 +37,7 @@ from core.drain import drain_plan
 from core.filters import SubscriptionFilters
 from core.index import SubscriptionIndex
 from core.limits import AdmissionLimits, Reject, ip_cells
+from core.metrics import Count, Gauge
 from core.protocol import (
     CloseCode,
     Disconnect,
@@ -68,16 +69,22 @@ from core.ratelimit import Throttled
 from core.routing import RoutingHeader
 from core.sequence import Action, BusOrder, Deliver, Lost, NewEpoch, Repair
 from workers.keys import AuthSetup
+from workers.metrics import ServerView
 from workers.replay import Replays
 from workers.session import ClientSession
-from workers.shared import CounterRow
-from workers.web import load_assets, serve_file, wants_websocket
+from workers.shared import CounterRow, MetricsRow
+from workers.web import WebAnswers, wants_websocket
 from workers.zmqio import drain_batch
 
 log = logging.getLogger("observatory.worker")
+access_log = logging.getLogger("observatory.access")
 
 CONTROL_FRAME = b"control"
 BUS_BATCH = 256
+# /ready answers 503 once the bus has been silent for this many beat intervals (but never sooner than
+# READY_SILENCE_MIN seconds): the ingest beats every bus_beat_interval, so silence means it is gone.
+READY_SILENCE_BEATS = 3
+READY_SILENCE_MIN = 2.0
 QUERY_BATCH = 256
 MAX_REMEMBERED_REVOCATIONS = 100_000
 REVOKED_QUERY_ID = b"revoked-sessions"
@@ -97,14 +104,18 @@ class Hub:
         worker_id: int,
         auth: AuthSetup,
         own_row: CounterRow,
+        metrics: MetricsRow,
+        view: ServerView,
         context: zmq.Context[zmq.Socket[bytes]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.web = WebAnswers(view, self.readiness)
+        self.last_heard = 0.0  # monotonic time of the latest bus message: readiness
         self.worker_id = worker_id
         self.auth = auth
         self.allowed_origins = parse_origins(settings.allowed_origins)
-        self.assets = load_assets()
         # Connections by token session, so a revocation closes them without scanning every client.
         self.by_session: dict[str, set[ClientSession]] = {}
         self.revoked: dict[str, None] = {}
@@ -158,12 +169,12 @@ class Hub:
 
         A request that asks for no upgrade is plain HTTP: the dashboard's files."""
         if not wants_websocket(request):
-            return serve_file(request, self.assets)
+            return self.web.respond(request)
         headers = request.headers
         if not origin_allowed(headers.get("Origin"), headers.get("Host"), self.allowed_origins):
-            return _refuse(403, b"origin not allowed\n")
+            return self._refused(403, b"origin not allowed\n")
         if self.draining:
-            return _refuse(503, b"server is shutting down\n")
+            return self._refused(503, b"server is shutting down\n")
         now = time.time()
         cells = ip_cells(peer or "unknown")
         shared = self.own_row.shared
@@ -177,27 +188,45 @@ class Hub:
         self.own_row.handshake(cells, now)
         if isinstance(decision, Reject):
             retry = {"Retry-After": str(decision.retry_after)} if decision.retry_after is not None else None
-            return _refuse(decision.status, decision.reason.encode() + b"\n", retry)
+            return self._refused(decision.status, decision.reason.encode() + b"\n", retry)
         credentials = credentials_from(request.path, headers)
         principal: Principal | Refused = ANONYMOUS
         if self.auth.verifier is not None:
             principal = self.auth.verifier.verify(credentials.token, now)
             if isinstance(principal, Refused):
-                return _refuse(
+                return self._refused(
                     principal.status, principal.reason.encode() + b"\n", {"WWW-Authenticate": "Bearer"}
                 )
             if principal.session is not None and principal.session in self.revoked:
-                return _refuse(401, b"session revoked\n", {"WWW-Authenticate": "Bearer"})
+                return self._refused(401, b"session revoked\n", {"WWW-Authenticate": "Bearer"})
         session = ClientSession(self, f"{self._id_prefix}{next(self._ids):x}", principal, cells)
+        session.address = peer or "?"
         if credentials.via_subprotocol:
             # The browser offered "bearer, <token>": answer with the protocol only, never the token.
             accept = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": BEARER_PROTOCOL})
             return WSUpgradeResponseWithListener(accept, session)
         return session
 
+    def _refused(
+        self, status: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> WSUpgradeResponseWithListener:
+        self.metrics.count(Count.HANDSHAKES_REFUSED)
+        return _refuse(status, body, headers)
+
+    def readiness(self) -> str | None:
+        """None when this worker can serve a newcomer; otherwise why not (for /ready)."""
+        if self.draining:
+            return "draining"
+        silence = time.monotonic() - self.last_heard
+        if silence > max(READY_SILENCE_BEATS * self.settings.bus_beat_interval, READY_SILENCE_MIN):
+            return "no word from the ingest on the bus" if self.last_heard else "has not heard the bus yet"
+        return None
+
     def on_connected(self, client: ClientSession) -> None:
         self.clients[client.id] = client
         self.own_row.opened(client.address_cells)
+        self.metrics.count(Count.CONNECTIONS_OPENED)
+        self.metrics.note_peak(self.own_row.shared.total_connections())
         limits = {
             "messageRateLimit": self.settings.message_rate_limit,
             "messageRateBurst": self.settings.message_rate_burst,
@@ -240,8 +269,12 @@ class Hub:
         if client.expiry is not None:
             client.expiry.cancel()
         self._forget_session(client)
+        self.metrics.closed(client.close_code)
+        if self.settings.access_log:
+            _log_access(client)
         for key in client.subscription_keys:
             self.index.unsubscribe(client, key)
+        self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, -len(client.subscription_keys))
         client.subscription_keys.clear()
         log.debug("client %s disconnected", client.id)
 
@@ -256,12 +289,14 @@ class Hub:
     def check_backlog(self, client: ClientSession) -> None:
         if client.pending_bytes() > self.settings.max_pending_bytes:
             log.warning("closing slow client %s: %d bytes unsent", client.id, client.pending_bytes())
+            self.metrics.count(Count.SLOW_CONSUMERS)
             client.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
 
     # --- the bus --------------------------------------------------------------------------------
 
     def _on_bus(self) -> None:
         order = self.order
+        self.last_heard = time.monotonic()
         for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
             if len(frames) != 2:
                 self._on_control(frames)
@@ -275,8 +310,13 @@ class Hub:
 
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
         seq = header.seq
+        recipients = 0
         for client in self.index.match(header):
             client.send_event(seq, payload)
+            recipients += 1
+        if recipients:
+            latency_ms = time.time() * 1000 - header.published_ms
+            self.metrics.broadcast(recipients, recipients * len(payload), latency_ms)
 
     def _on_control(self, frames: list[bytes]) -> None:
         if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"beat":
@@ -296,6 +336,8 @@ class Hub:
                 self._request_repair(action)
             elif isinstance(action, Lost):
                 self.lost_events += action.last - action.first + 1
+                self.metrics.count(Count.EVENTS_LOST, action.last - action.first + 1)
+                self.metrics.count(Count.MESSAGES_DROPPED, action.last - action.first + 1)
                 log.warning("events %d..%d are lost: history did not provide them", action.first, action.last)
             else:
                 self._on_new_epoch(action)
@@ -340,6 +382,8 @@ class Hub:
     # --- client messages ------------------------------------------------------------------------
 
     def on_message(self, client: ClientSession, payload: bytes, binary: bool) -> None:
+        self.metrics.count(Count.MESSAGES_RECEIVED)
+        self.metrics.count(Count.BYTES_IN, len(payload))
         # Parsed before the rate check so that even a refusal carries the request's requestId.
         request = (
             ProtocolError(ErrorCode.INVALID_MESSAGE, "binary messages are not supported")
@@ -353,6 +397,8 @@ class Hub:
         if isinstance(verdict, Disconnect):
             client.close(verdict)
         elif isinstance(verdict, Throttled):
+            self.metrics.count(Count.RATE_LIMITED)
+            self.metrics.error(ErrorCode.RATE_LIMIT_EXCEEDED)
             data = {
                 "code": ErrorCode.RATE_LIMIT_EXCEEDED,
                 "message": "message rate limit exceeded",
@@ -374,6 +420,7 @@ class Hub:
             self._query(client, request)
 
     def _refuse(self, client: ClientSession, error: ProtocolError) -> None:
+        self.metrics.error(error.code)
         client.send(encode_error(error, now_ms()))
 
     def _unauthorized(
@@ -401,6 +448,8 @@ class Hub:
                 ),
             )
             return
+        if key not in client.subscription_keys:
+            self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, 1)
         self.index.subscribe(client, filters)
         client.subscription_keys.add(key)
         if request.client_info is not None:
@@ -434,6 +483,7 @@ class Hub:
         for key in keys:
             self.index.unsubscribe(client, key)
             client.subscription_keys.discard(key)
+        self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, -len(keys))
         data = {"subscriptionKeys": keys, "remaining": len(client.subscription_keys)}
         client.send(encode_message("unsubscription_confirmed", data, now_ms(), request.request_id))
 
@@ -467,6 +517,7 @@ class Hub:
         for key in dropped:
             self.index.unsubscribe(client, key)
             client.subscription_keys.discard(key)
+        self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, -len(dropped))
         expires_ms = None if candidate.expires_at is None else int(candidate.expires_at * 1000)
         data = {"expiresAt": expires_ms, "droppedSubscriptions": dropped}
         client.send(encode_message("token_refreshed", data, now_ms(), request.request_id))
@@ -515,6 +566,9 @@ class Hub:
                 answer = decode_history(frames[1:])
                 if isinstance(answer, HistoryAnswer):
                     more = wanted is not None and answer.newest >= wanted.last
+                    if answer.events:
+                        self.metrics.count(Count.GAPS_REPAIRED)
+                        self.metrics.count(Count.EVENTS_REPAIRED, len(answer.events))
                     self._act(self.order.on_repaired(answer.events, more))
                 else:
                     self._act(self.order.on_repaired([]))
@@ -560,6 +614,32 @@ class Hub:
         deadline = self.loop.time() + grace  # their pending output drains meanwhile
         while self.clients and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _log_access(client: ClientSession) -> None:
+    """One line per connection, for operators; the principal's token is never part of it."""
+    fields = {
+        "client": client.id,
+        "address": client.address,
+        "user": client.principal.user,
+        "duration": round(time.monotonic() - client.opened_at, 3),
+        "messagesIn": client.messages_in,
+        "messagesOut": client.messages_out,
+        "closeCode": client.close_code,
+        "closeReason": client.close_reason,
+    }
+    access_log.info(
+        "%s from %s user %s: %.1fs, %d in, %d out, closed %d %s",
+        client.id,
+        client.address,
+        client.principal.user,
+        fields["duration"],
+        client.messages_in,
+        client.messages_out,
+        client.close_code,
+        client.close_reason or "-",
+        extra=fields,
+    )
 
 
 def _refuse(status: int, body: bytes, headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:

@@ -20,10 +20,12 @@ from core.config import Settings
 from core.errors import BootError
 from core.history import History
 from core.ingest import Control, IngestPipeline, Published
+from core.metrics import Count
 from core.queries import answer_history, answer_query
 from core.ratelimit import TokenBucket
 from core.state import LiveState
 from workers.child import Liveness
+from workers.shared import MetricsRow
 from workers.zmqio import bind, drain_batch
 
 log = logging.getLogger("observatory.ingest")
@@ -35,8 +37,11 @@ MAXMSGSIZE_FACTOR = 16
 
 
 class Ingest:
-    def __init__(self, settings: Settings, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(
+        self, settings: Settings, context: zmq.Context[zmq.Socket[bytes]], metrics: MetricsRow
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.epoch = secrets.token_hex(8)
         self.state = LiveState(
             settings.max_active_conversations,
@@ -99,11 +104,12 @@ class Ingest:
             if len(frames) != 1:
                 self._reject(f"expected one frame, got {len(frames)}")
                 continue
-            now = int(time.time() * 1000)
+            now = time.time() * 1000
             outcome = self.pipeline.accept(frames[0], now)
             if isinstance(outcome, Published):
                 header = outcome.header.encode()
-                self.history.append(outcome.header.seq, header, outcome.payload, now)
+                self.history.append(outcome.header.seq, header, outcome.payload, int(now))
+                self.metrics.count(Count.EVENTS_ACCEPTED)
                 message: tuple[bytes, ...] = (header, outcome.payload)
             elif isinstance(outcome, Control):
                 # Three frames: workers tell control from events by the count, clients never see it.
@@ -118,6 +124,7 @@ class Ingest:
 
     def _reject(self, reason: str) -> None:
         self.rejected += 1
+        self.metrics.count(Count.EVENTS_REJECTED)
         if self._log_budget.take(time.monotonic()):
             suppressed = f" ({self._rejected_unlogged} more not logged)" if self._rejected_unlogged else ""
             log.warning("dropped producer message: %s%s", reason, suppressed)
@@ -140,14 +147,14 @@ class Ingest:
                 pass  # the worker is gone or saturated; its own timeout answers the client
 
 
-async def serve(settings: Settings, beat_fd: int, parent_pid: int) -> None:
+async def serve(settings: Settings, metrics: MetricsRow, beat_fd: int, parent_pid: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        ingest = Ingest(settings, context)
+        ingest = Ingest(settings, context, metrics)
     except BootError:
         context.destroy(linger=0)
         raise

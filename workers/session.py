@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from core.auth import Principal
+from core.metrics import Count
 from core.protocol import ClientInfo, CloseCode, Disconnect, close_echo_code
 from core.ratelimit import MessageLimiter
 
@@ -48,6 +49,12 @@ class ClientSession(WSListener):
         )
         self.paused = False
         self.closed = False
+        self.close_code = 1006  # until a close frame says otherwise: the connection just dropped
+        self.close_reason = ""
+        self.address = "?"
+        self.opened_at = time.monotonic()
+        self.messages_in = 0
+        self.messages_out = 0  # counted here, per connection, for the access log
         self._fragments: bytearray | None = None
         self._fragments_binary = False
 
@@ -95,6 +102,10 @@ class ClientSession(WSListener):
                 payload, self._fragments = bytes(self._fragments), None
                 self._deliver(payload, self._fragments_binary)
         elif kind == WSMsgType.CLOSE:
+            if not self.closed:
+                self.close_code = frame.get_close_code().value
+                reason = frame.get_close_message()
+                self.close_reason = reason.decode("utf-8", "replace")[:120] if reason else ""
             code = close_echo_code(frame.get_close_code().value)
             transport.send_close(WSCloseCode(code), frame.get_close_message())
             transport.disconnect()
@@ -102,14 +113,17 @@ class ClientSession(WSListener):
     # --- used by the hub ----------------------------------------------------------------------
 
     def _deliver(self, payload: bytes, binary: bool) -> None:
+        self.messages_in += 1
         self.hub.on_message(self, payload, binary)
 
     def send(self, payload: bytes) -> None:
         """Queue one text frame; a client too far behind is closed, never waited for."""
         transport = self.transport
         if transport is None or self.closed:
+            self.hub.metrics.count(Count.MESSAGES_FAILED)
             return
         transport.send(TEXT, payload)
+        self.messages_out += 1
         if self.paused:
             self.hub.check_backlog(self)
 
@@ -122,6 +136,8 @@ class ClientSession(WSListener):
             self.held.append((seq, payload))
             self.held_bytes += len(payload)
             if self.held_bytes > self.hub.settings.max_pending_bytes:
+                self.hub.metrics.count(Count.SLOW_CONSUMERS)
+                self.hub.metrics.count(Count.MESSAGES_DROPPED, len(self.held))
                 self.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
 
     def hold(self) -> None:
@@ -142,6 +158,8 @@ class ClientSession(WSListener):
         if self.closed or self.transport is None:
             return
         self.closed = True
+        self.close_code = decision.code
+        self.close_reason = decision.reason
         transport = self.transport
         transport.send_close(WSCloseCode(decision.code), decision.reason.encode()[:120])
         # RFC 6455 7.1.1: wait for the peer's close frame before closing TCP. Closing at once with the

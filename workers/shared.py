@@ -1,8 +1,9 @@
-"""Counters every worker can read: one anonymous shared mapping made before the fork.
+"""Counters every process can read: anonymous shared mappings made before the fork.
 
-Each worker writes only its own row (see core/limits.py for why that needs no lock). A row holds
-the worker's open connections, the minute its handshake counts belong to, and two count-min
-sketches: open connections per address, and handshakes per address in that minute.
+Each process writes only its own row (see core/limits.py for why that needs no lock).
+``SharedCounters``: a worker's open connections, the minute its handshake counts belong to, and two
+count-min sketches (open connections per address, handshakes per address in that minute), for the
+admission limits. ``SharedMetrics``: every process's counts for /metrics and /health.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import mmap
 
 from core.limits import DEPTH, WIDTH, sketch_estimate, window_of
+from core.metrics import ROW_CELLS, Count, Gauge, bucket_cell, close_cell, error_cell, gauge_cell
 
 _HEADER_WORDS = 2  # connections, handshake window (int64 each)
 _CELLS = DEPTH * WIDTH
@@ -81,3 +83,59 @@ class CounterRow:
             self._header[1] = window
         for cell in cells:
             self._handshakes[cell] += 1
+
+
+class SharedMetrics:
+    """Every process's row of counts (core/metrics.py lays a row out); made before the fork."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._memory = mmap.mmap(-1, rows * ROW_CELLS * 8)
+        self._rows = [
+            memoryview(self._memory)[row * ROW_CELLS * 8 : (row + 1) * ROW_CELLS * 8].cast("q")
+            for row in range(rows)
+        ]
+
+    def row(self, index: int) -> MetricsRow:
+        return MetricsRow(self, index)
+
+    def all_rows(self) -> list[memoryview]:
+        return self._rows
+
+
+class MetricsRow:
+    """One process's own row: the only one it writes."""
+
+    def __init__(self, shared: SharedMetrics, index: int) -> None:
+        self.shared = shared
+        self.cells = shared._rows[index]
+        # Counters go on adding across a restart; a level is the new process's own.
+        self.cells[gauge_cell(Gauge.SUBSCRIPTIONS)] = 0
+
+    def count(self, count: Count, n: int = 1) -> None:
+        self.cells[count] += n
+
+    def error(self, code: str) -> None:
+        cell = error_cell(code)
+        if cell is not None:
+            self.cells[cell] += 1
+
+    def closed(self, code: int) -> None:
+        self.cells[close_cell(code)] += 1
+
+    def broadcast(self, recipients: int, payload_bytes: int, latency_ms: float) -> None:
+        """One event sent to ``recipients`` clients: counted once, not once per client."""
+        cells = self.cells
+        cells[Count.BROADCASTS] += 1
+        cells[Count.MESSAGES_SENT] += recipients
+        cells[Count.BYTES_OUT] += payload_bytes
+        cells[Count.LATENCY_SUM_US] += max(0, round(latency_ms * 1000))
+        cells[bucket_cell(latency_ms)] += 1
+
+    def add_gauge(self, gauge: Gauge, delta: int) -> None:
+        self.cells[gauge_cell(gauge)] += delta
+
+    def note_peak(self, connections: int) -> None:
+        cell = gauge_cell(Gauge.PEAK_CONNECTIONS)
+        if connections > self.cells[cell]:
+            self.cells[cell] = connections

@@ -6,16 +6,19 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 
 import zmq
 
 from core.config import Settings
 from core.errors import BootError
+from core.metrics import HealthThresholds
 from workers.child import Liveness
 from workers.hub import Hub
 from workers.keys import AuthSetup
+from workers.metrics import SAMPLE_EVERY, ServerView
 from workers.server import create_server
-from workers.shared import CounterRow
+from workers.shared import CounterRow, MetricsRow
 
 log = logging.getLogger("observatory.worker")
 
@@ -36,7 +39,13 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def serve(
-    settings: Settings, auth: AuthSetup, counters: CounterRow, worker_id: int, beat_fd: int, parent_pid: int
+    settings: Settings,
+    auth: AuthSetup,
+    counters: CounterRow,
+    metrics: MetricsRow,
+    worker_id: int,
+    beat_fd: int,
+    parent_pid: int,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -54,7 +63,12 @@ async def serve(
     loop.add_signal_handler(signal.SIGUSR2, hand_over)
     tls = tls_context(settings)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    hub = Hub(settings, worker_id, auth, counters, context, loop)
+    thresholds = HealthThresholds(
+        settings.health_memory_bytes, settings.health_error_rate, settings.health_latency_ms
+    )
+    view = ServerView(counters.shared, metrics.shared, parent_pid, thresholds)
+    hub = Hub(settings, worker_id, auth, counters, metrics, view, context, loop)
+    sampler = _Every(loop, SAMPLE_EVERY, view.sample)
     try:
         server = await create_server(
             hub.listener_for,
@@ -68,6 +82,7 @@ async def serve(
             backlog=LISTEN_BACKLOG,
         )
     except OSError as exc:
+        sampler.cancel()
         hub.detach()
         context.term()
         raise BootError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
@@ -82,6 +97,22 @@ async def serve(
     await hub.drain(settings.drain_window, DRAIN_GRACE)
     server.close()
     liveness.stop()
+    sampler.cancel()
     hub.detach()
     context.term()
     log.info("worker %d stopped", worker_id)
+
+
+class _Every:
+    """Calls ``action`` every ``interval`` seconds on the loop, from now until cancelled."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, action: Callable[[], None]) -> None:
+        self.loop, self.interval, self.action = loop, interval, action
+        self.handle = loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.action()
+        self.handle = self.loop.call_later(self.interval, self._run)
+
+    def cancel(self) -> None:
+        self.handle.cancel()

@@ -288,7 +288,7 @@ def test_header_message_types_and_tools(
 def test_header_type_and_encoding(pipeline: IngestPipeline) -> None:
     data = {"projectId": 3, "sessionId": "s", "message": {"type": "user", "toolUses": [{"name": "Bash"}]}}
     header = header_of(pipeline, data, "message_added")
-    assert header == RoutingHeader(1, pipeline.epoch, "message_added", 3, "s", ("user",), ("Bash",))
+    assert header == RoutingHeader(1, pipeline.epoch, "message_added", 3, "s", ("user",), ("Bash",), NOW)
     assert RoutingHeader.decode(header.encode()) == header
 
 

@@ -25,5 +25,11 @@ def test_round_trip(header: RoutingHeader) -> None:
 
 
 def test_wire_order() -> None:
-    raw = RoutingHeader(3, "e", "t", 4, "s", ("user",), ("A",)).encode()
-    assert orjson.loads(raw) == [3, "e", "t", 4, "s", ["user"], ["A"]]
+    raw = RoutingHeader(3, "e", "t", 4, "s", ("user",), ("A",), 1795717140844.125).encode()
+    assert orjson.loads(raw) == [3, "e", "t", 4, "s", ["user"], ["A"], 1795717140844.125]
+
+
+def test_a_header_without_its_publishing_time_still_decodes() -> None:
+    """From a peer that predates the field (a rolling upgrade): the latency is just not known."""
+    header = RoutingHeader.decode(b'[3,"e","t",4,"s",["user"],["A"]]')
+    assert header == RoutingHeader(3, "e", "t", 4, "s", ("user",), ("A",), 0.0)
