@@ -33,6 +33,7 @@ from core.auth import (
     scope_query,
 )
 from core.config import Settings
+from core.deflate import DeflateSettings, Inflater, compress, negotiate
 from core.drain import drain_plan
 from core.filters import SubscriptionFilters
 from core.index import SubscriptionIndex
@@ -113,6 +114,11 @@ class Hub:
         self.metrics = metrics
         self.web = WebAnswers(view, self.readiness)
         self.last_heard = 0.0  # monotonic time of the latest bus message: readiness
+        self.deflate_settings = DeflateSettings(
+            settings.permessage_deflate, settings.compression_threshold, settings.compression_level
+        )
+        self._deflated_payload: bytes | None = None
+        self._deflated: dict[int, bytes] = {}
         self.worker_id = worker_id
         self.auth = auth
         self.allowed_origins = parse_origins(settings.allowed_origins)
@@ -201,11 +207,29 @@ class Hub:
                 return self._refused(401, b"session revoked\n", {"WWW-Authenticate": "Bearer"})
         session = ClientSession(self, f"{self._id_prefix}{next(self._ids):x}", principal, cells)
         session.address = peer or "?"
+        answer: dict[str, str] = {}
         if credentials.via_subprotocol:
             # The browser offered "bearer, <token>": answer with the protocol only, never the token.
-            accept = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": BEARER_PROTOCOL})
-            return WSUpgradeResponseWithListener(accept, session)
+            answer["Sec-WebSocket-Protocol"] = BEARER_PROTOCOL
+        deflate = negotiate(", ".join(headers.getall("Sec-WebSocket-Extensions", [])), self.deflate_settings)
+        if deflate is not None:
+            session.compress_with(deflate, Inflater(deflate, self.settings.max_message_bytes))
+            answer["Sec-WebSocket-Extensions"] = deflate.response
+        if answer:
+            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(answer), session)
         return session
+
+    def deflated(self, payload: bytes, window_bits: int) -> bytes:
+        """``payload`` compressed, once per payload and window size: a broadcast sends the same
+        bytes object to every client, so its clients share one compression."""
+        if payload is not self._deflated_payload:
+            self._deflated_payload, self._deflated = payload, {}
+        compressed = self._deflated.get(window_bits)
+        if compressed is None:
+            compressed = compress(payload, window_bits, self.settings.compression_level)
+            self._deflated[window_bits] = compressed
+            self.metrics.count(Count.COMPRESSIONS)
+        return compressed
 
     def _refused(
         self, status: int, body: bytes, headers: dict[str, str] | None = None
@@ -310,13 +334,13 @@ class Hub:
 
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
         seq = header.seq
-        recipients = 0
+        recipients = sent_bytes = 0
         for client in self.index.match(header):
-            client.send_event(seq, payload)
+            sent_bytes += client.send_event(seq, payload)
             recipients += 1
         if recipients:
             latency_ms = time.time() * 1000 - header.published_ms
-            self.metrics.broadcast(recipients, recipients * len(payload), latency_ms)
+            self.metrics.broadcast(recipients, sent_bytes, latency_ms)
 
     def _on_control(self, frames: list[bytes]) -> None:
         if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"beat":

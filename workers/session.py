@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from core.auth import Principal
+from core.deflate import Corrupt, Deflate, Inflater, TooBig
 from core.metrics import Count
 from core.protocol import ClientInfo, CloseCode, Disconnect, close_echo_code
 from core.ratelimit import MessageLimiter
@@ -57,6 +58,10 @@ class ClientSession(WSListener):
         self.messages_out = 0  # counted here, per connection, for the access log
         self._fragments: bytearray | None = None
         self._fragments_binary = False
+        self._fragments_compressed = False
+        self.deflate: Deflate | None = None  # permessage-deflate, if the handshake agreed it
+        self.inflater: Inflater | None = None
+        self._threshold = hub.settings.compression_threshold
 
     # --- picows callbacks -------------------------------------------------------------------
 
@@ -78,18 +83,21 @@ class ClientSession(WSListener):
         kind = frame.msg_type
         if self.closed and kind != WSMsgType.CLOSE:
             return  # closing: the peer's answer is all we wait for
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            # RFC 6455 5.2: no extension was negotiated, so no reserved bit may be set.
+        # RFC 6455 5.2 and RFC 7692 6: RSV1 marks the first frame of a compressed message, and only
+        # when compression was agreed; no other reserved bit has a meaning here.
+        first_of_message = kind == TEXT or kind == WSMsgType.BINARY
+        if frame.rsv2 or frame.rsv3 or (frame.rsv1 and (self.inflater is None or not first_of_message)):
             self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "reserved bits set"))
             return
-        if kind == TEXT or kind == WSMsgType.BINARY:
+        if first_of_message:
             if self._fragments is not None:
                 self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one"))
             elif frame.fin:
-                self._deliver(frame.get_payload_as_bytes(), kind == WSMsgType.BINARY)
+                self._deliver(frame.get_payload_as_bytes(), kind == WSMsgType.BINARY, frame.rsv1)
             else:
                 self._fragments = bytearray(frame.get_payload_as_memoryview())
                 self._fragments_binary = kind == WSMsgType.BINARY
+                self._fragments_compressed = frame.rsv1
         elif kind == WSMsgType.CONTINUATION:
             if self._fragments is None:
                 self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "continuation frame outside a message"))
@@ -100,7 +108,7 @@ class ClientSession(WSListener):
                 self.close(Disconnect(CloseCode.MESSAGE_TOO_BIG, "message too big"))
             elif frame.fin:
                 payload, self._fragments = bytes(self._fragments), None
-                self._deliver(payload, self._fragments_binary)
+                self._deliver(payload, self._fragments_binary, self._fragments_compressed)
         elif kind == WSMsgType.CLOSE:
             if not self.closed:
                 self.close_code = frame.get_close_code().value
@@ -112,33 +120,54 @@ class ClientSession(WSListener):
 
     # --- used by the hub ----------------------------------------------------------------------
 
-    def _deliver(self, payload: bytes, binary: bool) -> None:
+    def compress_with(self, deflate: Deflate, inflater: Inflater) -> None:
+        self.deflate, self.inflater = deflate, inflater
+
+    def _deliver(self, payload: bytes, binary: bool, compressed: bool) -> None:
         self.messages_in += 1
+        if compressed:
+            assert self.inflater is not None
+            inflated = self.inflater.inflate(payload)
+            if isinstance(inflated, TooBig):
+                self.close(Disconnect(CloseCode.MESSAGE_TOO_BIG, "message too big"))
+                return
+            if isinstance(inflated, Corrupt):
+                self.close(Disconnect(CloseCode.INVALID_TEXT, "invalid compressed data"))
+                return
+            payload = inflated.data
         self.hub.on_message(self, payload, binary)
 
-    def send(self, payload: bytes) -> None:
-        """Queue one text frame; a client too far behind is closed, never waited for."""
+    def send(self, payload: bytes) -> int:
+        """Queue one text frame, compressed if agreed and worth it; return the bytes it took.
+        A client too far behind is closed, never waited for."""
         transport = self.transport
         if transport is None or self.closed:
             self.hub.metrics.count(Count.MESSAGES_FAILED)
-            return
-        transport.send(TEXT, payload)
+            return 0
+        deflate = self.deflate
+        if deflate is not None and len(payload) >= self._threshold:
+            payload = self.hub.deflated(payload, deflate.server_window_bits)
+            transport.send(TEXT, payload, rsv1=True)
+        else:
+            transport.send(TEXT, payload)
         self.messages_out += 1
         if self.paused:
             self.hub.check_backlog(self)
+        return len(payload)
 
-    def send_event(self, seq: int, payload: bytes) -> None:
+    def send_event(self, seq: int, payload: bytes) -> int:
+        """Send (or hold, while a resume replays) one bus event; return the bytes sent now."""
         if seq <= self.floor:
-            return
+            return 0
         if self.held is None:
-            self.send(payload)
-        else:
-            self.held.append((seq, payload))
-            self.held_bytes += len(payload)
-            if self.held_bytes > self.hub.settings.max_pending_bytes:
-                self.hub.metrics.count(Count.SLOW_CONSUMERS)
-                self.hub.metrics.count(Count.MESSAGES_DROPPED, len(self.held))
-                self.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+            return self.send(payload)
+        self.held.append((seq, payload))
+        self.held_bytes += len(payload)
+        if self.held_bytes > self.hub.settings.max_pending_bytes:
+            self.hub.metrics.count(Count.SLOW_CONSUMERS)
+            self.hub.metrics.count(Count.MESSAGES_DROPPED, len(self.held))
+            self.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+        return 0
 
     def hold(self) -> None:
         if self.held is None:
