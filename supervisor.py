@@ -92,6 +92,7 @@ class Supervisor:
     # --- main loop ----------------------------------------------------------------------------
 
     def run(self) -> int:
+        set_process_name("observatory")
         self._install_signals()
         log.info(
             "observatory serving %s://%s:%d/ with %d workers; producers push to %s%s",
@@ -485,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_main(arguments[1:])
     if arguments[:1] == ["watch"]:
         return watch_main(arguments[1:])
+    if arguments[:1] == ["status"]:
+        from workers.status import status_main
+
+        return status_main(arguments[1:])
     try:
         settings = load_from_command_line(arguments)
         check_exposure(settings)
