@@ -53,3 +53,12 @@ def test_soak_smoke_run_reports_memory_and_no_holes() -> None:
     assert figures["clients_churned"] >= 2 and figures["deliveries"] > 0
     assert figures["holes"] == 0 and figures["duplicates"] == 0
     assert {"supervisor", "obs-ingest", "obs-worker-1", "obs-worker-2"} <= set(figures["processes"])
+
+
+def test_deflate_smoke_run_compresses_once_per_broadcast() -> None:
+    figures = run_benchmark("deflate.py", "--clients", "3", "--events", "10", "--rounds", "5")
+    assert figures["in_process"]["compressed_bytes"] < figures["in_process"]["event_bytes"]
+    on, off = figures["server"][0], figures["server"][1]
+    assert on["deliveries"] == off["deliveries"] == 30
+    assert on["deflate_runs"] == 10 and off["deflate_runs"] == 0
+    assert on["bytes_per_delivery"] < off["bytes_per_delivery"] / 2
