@@ -197,7 +197,7 @@ class Supervisor:
             return run_child(slot.name, lambda: ingest.serve(self.settings, ingest_row, beat_fd, parent_pid))
         if slot.role == "watcher":
             return run_child(slot.name, lambda: watcher.serve(self.settings, beat_fd, parent_pid))
-        row_index = 2 * (slot.index - 1) + slot.generation % 2
+        row_index = self._row_of(slot, slot.generation)
         row, metrics = self.counters.writer(row_index), self.metrics.row(row_index)
         return run_child(
             slot.name,
@@ -222,6 +222,8 @@ class Supervisor:
             if slot is None:
                 continue
             self._forget(slot)
+            if slot.role == "worker":
+                self._clear_rows(slot, slot.generation)
             lived = time.monotonic() - slot.started
             how = _describe_status(status)
             if not restart:
@@ -272,9 +274,21 @@ class Supervisor:
                 fd, _ = slot.retiring.pop(pid)
                 self.selector.unregister(fd)
                 os.close(fd)
+                self._clear_rows(slot, slot.generation - 1)  # the predecessor ran one generation back
                 log.info("%s's predecessor (pid %d) %s", slot.name, pid, _describe_status(status))
                 return True
         return False
+
+    def _row_of(self, slot: Slot, generation: int) -> int:
+        """The shared row a worker of this slot and generation writes (two rows a slot, alternating)."""
+        return 2 * (slot.index - 1) + generation % 2
+
+    def _clear_rows(self, slot: Slot, generation: int) -> None:
+        """A worker is gone: what it counted as open (connections, addresses, subscriptions) is not,
+        or it would hold the admission limits and the gauges until its row is used again."""
+        row = self._row_of(slot, generation)
+        self.counters.clear(row)
+        self.metrics.clear_levels(row)
 
     def _advance_roll(self) -> None:
         """Rolling restart: start a successor, and once it beats, tell the old worker to hand over."""
@@ -510,9 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if auth.generated_at is not None:
         log.info("generated a token secret in %s (readable by you only)", auth.generated_at)
     dashboard, address = local_addresses(settings, auth)
-    print(f"observatory: dashboard at {dashboard}", file=sys.stderr, flush=True)
-    if address is not None:
-        print(f"observatory: connect with {address}", file=sys.stderr, flush=True)
+    if settings.log_format == "json":
+        # Logs in JSON go to a shipper: the token-bearing addresses are for a person at a terminal.
+        log.info(
+            "dashboard at %s; mint a token with: observatory token --all-projects", dashboard.split("#")[0]
+        )
+    else:
+        print(f"observatory: dashboard at {dashboard}", file=sys.stderr, flush=True)
+        if address is not None:
+            print(f"observatory: connect with {address}", file=sys.stderr, flush=True)
     return Supervisor(settings, auth).run()
 
 

@@ -23,7 +23,7 @@ class Count(IntEnum):
 
     CONNECTIONS_OPENED = 0
     HANDSHAKES_REFUSED = 1
-    MESSAGES_SENT = 2  # events and replies queued to clients
+    MESSAGES_SENT = 2  # live events sent to clients (replies and replays are not counted)
     MESSAGES_RECEIVED = 3  # whole client messages
     MESSAGES_FAILED = 4  # a send to a connection already closing
     MESSAGES_DROPPED = 5  # events never delivered: lost on the bus, or held for a connection that closed

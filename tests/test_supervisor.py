@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import jwt
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients import ObservatoryClient
 from core.transcripts import project_id_for
@@ -21,6 +23,7 @@ from tests.harness import (
     ROOT,
     TEST_SECRET,
     ServerProcess,
+    close_all,
     free_ports,
     next_event,
     signal_child,
@@ -60,6 +63,40 @@ async def test_killed_worker_is_restarted_and_serves(own_server: ServerProcess) 
     await asyncio.to_thread(wait_replaced, own_server, "obs-worker-1", victim)
     await wait_ready(own_server)
     assert f"worker 1 (pid {victim}) was killed by SIGKILL" in own_server.log()
+
+
+async def test_a_killed_workers_connections_and_subscriptions_are_no_longer_counted(tmp_path: Path) -> None:
+    """Its successor writes the other row of the slot; the supervisor must zero the dead one's, or its
+    connections would hold max_connections and the gauges until the slot's next restart."""
+    server = await asyncio.to_thread(start_server, tmp_path, 1, max_connections=4)
+    try:
+        clients = [server.client() for _ in range(4)]
+        for client in clients:
+            await client.connect()
+            await client.subscribe({"eventTypes": ["anything"]})
+        assert scraped(server, "observatory_connections_active") == 4
+        victim = signal_child(server, "obs-worker-1", signal.SIGKILL)
+        await asyncio.to_thread(wait_replaced, server, "obs-worker-1", victim)
+        await wait_ready(server)
+        assert scraped(server, "observatory_connections_active") == 0
+        assert scraped(server, "observatory_subscriptions") == 0
+        again = [server.client() for _ in range(4)]
+        for client in again:
+            await client.connect()  # the cap of 4 counts only live connections
+        assert scraped(server, "observatory_connections_active") == 4
+        await close_all(again)
+    finally:
+        server.stop()
+
+
+def scraped(server: ServerProcess, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and not sample.labels
+    )
 
 
 async def test_killed_ingest_is_restarted_and_events_flow_again(own_server: ServerProcess) -> None:

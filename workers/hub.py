@@ -339,7 +339,8 @@ class Hub:
             sent_bytes += client.send_event(seq, payload)
             recipients += 1
         if recipients:
-            latency_ms = time.time() * 1000 - header.published_ms
+            published = header.published_ms
+            latency_ms = time.time() * 1000 - published if published else None
             self.metrics.broadcast(recipients, sent_bytes, latency_ms)
 
     def _on_control(self, frames: list[bytes]) -> None:

@@ -37,11 +37,11 @@ SAMPLE_EVERY = 5.0
 COUNTERS: tuple[tuple[str, str, Count], ...] = (
     ("connections_opened", "WebSocket connections accepted.", Count.CONNECTIONS_OPENED),
     ("handshakes_refused", "Handshakes refused with 401, 403, 429 or 503.", Count.HANDSHAKES_REFUSED),
-    ("messages_sent", "Events and replies queued to clients.", Count.MESSAGES_SENT),
+    ("messages_sent", "Live events sent to clients, one per client.", Count.MESSAGES_SENT),
     ("messages_received", "Whole messages received from clients.", Count.MESSAGES_RECEIVED),
     ("messages_failed", "Sends to a connection that was already closing.", Count.MESSAGES_FAILED),
     ("messages_dropped", "Events lost on the bus, or held for a client that left.", Count.MESSAGES_DROPPED),
-    ("bytes_out", "Payload bytes sent to clients (compressed size when compressed).", Count.BYTES_OUT),
+    ("bytes_out", "Payload bytes of those events (compressed size when compressed).", Count.BYTES_OUT),
     ("bytes_in", "Payload bytes received from clients.", Count.BYTES_IN),
     ("broadcasts", "Bus events that matched at least one client of a worker.", Count.BROADCASTS),
     ("rate_limited", "Client messages refused by the rate limit.", Count.RATE_LIMITED),

@@ -35,6 +35,10 @@ class SharedCounters:
     def writer(self, row: int) -> CounterRow:
         return CounterRow(self, row)
 
+    def clear(self, row: int) -> None:
+        """Zero a row whose writer is gone (the supervisor calls it when a worker exits)."""
+        CounterRow(self, row)  # a new row is a zeroed row
+
     def total_connections(self) -> int:
         return sum(header[0] for header in self._headers)
 
@@ -99,6 +103,10 @@ class SharedMetrics:
     def row(self, index: int) -> MetricsRow:
         return MetricsRow(self, index)
 
+    def clear_levels(self, index: int) -> None:
+        """A process is gone: its levels go with it; its counts stay in the totals."""
+        self._rows[index][gauge_cell(Gauge.SUBSCRIPTIONS)] = 0
+
     def all_rows(self) -> list[memoryview]:
         return self._rows
 
@@ -123,14 +131,16 @@ class MetricsRow:
     def closed(self, code: int) -> None:
         self.cells[close_cell(code)] += 1
 
-    def broadcast(self, recipients: int, payload_bytes: int, latency_ms: float) -> None:
-        """One event sent to ``recipients`` clients: counted once, not once per client."""
+    def broadcast(self, recipients: int, payload_bytes: int, latency_ms: float | None) -> None:
+        """One event sent to ``recipients`` clients: counted once, not once per client. No latency
+        when the event's header does not say when it was published."""
         cells = self.cells
         cells[Count.BROADCASTS] += 1
         cells[Count.MESSAGES_SENT] += recipients
         cells[Count.BYTES_OUT] += payload_bytes
-        cells[Count.LATENCY_SUM_US] += max(0, round(latency_ms * 1000))
-        cells[bucket_cell(latency_ms)] += 1
+        if latency_ms is not None:
+            cells[Count.LATENCY_SUM_US] += max(0, round(latency_ms * 1000))
+            cells[bucket_cell(latency_ms)] += 1
 
     def add_gauge(self, gauge: Gauge, delta: int) -> None:
         self.cells[gauge_cell(gauge)] += delta

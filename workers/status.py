@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.errors import ConfigError
 
 TIMEOUT = 5.0
+EXIT_UNREACHABLE = 1
+EXIT_NOT_SERVING = 3  # it answered, unhealthy or not ready: scripts can tell from an absent server
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
@@ -142,23 +144,30 @@ def status_main(argv: Sequence[str]) -> int:
             print(f"observatory status: error: {exc}", file=sys.stderr)
             return 2
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
         base = f"{'https' if settings.ssl_cert_path else 'http'}://{host}:{settings.port}"
     base = base.rstrip("/")
-    while True:
-        try:
-            _, metrics = fetch(f"{base}/metrics")
-            _, health = fetch(f"{base}/health")
-            _, ready = fetch(f"{base}/ready")
-        except OSError as exc:
-            print(f"observatory status: no server at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-            return 1
-        text = render(base, read_metrics(metrics.decode()), orjson.loads(health), orjson.loads(ready))
-        if args.watch:
-            print("\033[H\033[2J" + text, flush=True)
+    try:
+        while True:
             try:
-                time.sleep(args.watch)
-            except KeyboardInterrupt:
-                return 0
-        else:
-            print(text)
-            return 0
+                _, metrics = fetch(f"{base}/metrics")
+                _, health_body = fetch(f"{base}/health")
+                _, ready_body = fetch(f"{base}/ready")
+                health, ready = orjson.loads(health_body), orjson.loads(ready_body)
+                text = render(base, read_metrics(metrics.decode()), health, ready)
+            except OSError as exc:
+                print(
+                    f"observatory status: no server at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr
+                )
+                return EXIT_UNREACHABLE
+            except (ValueError, KeyError, TypeError) as exc:
+                print(f"observatory status: {base} is not an observatory: {exc}", file=sys.stderr)
+                return EXIT_UNREACHABLE
+            if not args.watch:
+                print(text)
+                serving = health.get("status") != "unhealthy" and ready.get("ready")
+                return 0 if serving else EXIT_NOT_SERVING
+            print("\033[H\033[2J" + text, flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.harness import ROOT, ServerProcess, free_ports
+from tests.harness import ROOT, ServerProcess, free_ports, start_server
 
 
 def status(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,3 +49,22 @@ def test_status_without_a_server_says_so() -> None:
     shown = status("--url", f"http://127.0.0.1:{port}")
     assert shown.returncode == 1
     assert f"no server at http://127.0.0.1:{port}" in shown.stderr
+
+
+def test_status_of_an_unhealthy_server_exits_3(tmp_path: Path) -> None:
+    sick = start_server(tmp_path, workers=1, health_memory_bytes=1_048_576, health_error_rate=0.0)
+    try:
+
+        async def misbehave() -> None:
+            client = sick.client()
+            await client.connect()
+            with contextlib.suppress(Exception):
+                await client.request("no_such_request", {})
+            await client.close()
+
+        asyncio.run(misbehave())
+        shown = status("--url", f"http://127.0.0.1:{sick.port}")
+        assert shown.returncode == 3, shown.stdout
+        assert "unhealthy" in shown.stdout and "warning: memory" in shown.stdout
+    finally:
+        sick.stop()
