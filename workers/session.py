@@ -81,8 +81,10 @@ class ClientSession(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
-        if self.closed and kind != WSMsgType.CLOSE:
-            return  # closing: the peer's answer is all we wait for
+        if (self.closed or transport.is_close_frame_sent) and kind != WSMsgType.CLOSE:
+            # Closing: the peer's answer is all we wait for. picows may have closed by itself (a frame
+            # over max_frame_size gets 1009) and still hand over the rest of what it parses.
+            return
         # RFC 6455 5.2 and RFC 7692 6: RSV1 marks the first frame of a compressed message, and only
         # when compression was agreed; no other reserved bit has a meaning here.
         first_of_message = kind == TEXT or kind == WSMsgType.BINARY
