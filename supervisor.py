@@ -196,7 +196,10 @@ class Supervisor:
             ingest_row = self.metrics.row(2 * self.settings.workers)
             return run_child(slot.name, lambda: ingest.serve(self.settings, ingest_row, beat_fd, parent_pid))
         if slot.role == "watcher":
-            return run_child(slot.name, lambda: watcher.serve(self.settings, beat_fd, parent_pid))
+            watcher_row = self.metrics.row(2 * self.settings.workers + 1)
+            return run_child(
+                slot.name, lambda: watcher.serve(self.settings, watcher_row, beat_fd, parent_pid)
+            )
         row_index = self._row_of(slot, slot.generation)
         row, metrics = self.counters.writer(row_index), self.metrics.row(row_index)
         return run_child(
@@ -548,7 +551,9 @@ def watch_main(argv: Sequence[str]) -> int:
         return 2
     setup_logging(settings.log_level, "watcher", settings.log_format)
     log.info("watching %s; pushing to %s", settings.transcripts_dir, settings.ingest_endpoint)
-    return run_child("watcher", lambda: watcher.serve(settings, None, None))
+    # Alone, nobody reads its counts; they still need a row to go to.
+    counts = SharedMetrics(1).row(0)
+    return run_child("watcher", lambda: watcher.serve(settings, counts, None, None))
 
 
 def token_main(argv: Sequence[str]) -> int:

@@ -38,7 +38,10 @@ class Count(IntEnum):
     EVENTS_ACCEPTED = 14  # the ingest: producer messages published on the bus
     EVENTS_REJECTED = 15  # the ingest: producer messages refused
     COMPRESSIONS = 16  # deflate runs: one per broadcast and window size, not per client
-    LATENCY_SUM_US = 17  # of the broadcast latency histogram, in microseconds
+    WATCHER_LINES = 17  # transcript lines the watcher read
+    WATCHER_SKIPPED = 18  # of those, passed over: malformed, unknown types, duplicates, too long
+    WATCHER_EVENTS = 19  # events the watcher handed to the ingest
+    LATENCY_SUM_US = 20  # of the broadcast latency histogram, in microseconds
 
 
 class Gauge(IntEnum):

@@ -52,6 +52,13 @@ COUNTERS: tuple[tuple[str, str, Count], ...] = (
     ("ingest_events_accepted", "Producer messages the ingest published.", Count.EVENTS_ACCEPTED),
     ("ingest_events_rejected", "Producer messages the ingest refused.", Count.EVENTS_REJECTED),
     ("compressions", "Deflate runs: one per broadcast and window size, not per client.", Count.COMPRESSIONS),
+    ("watcher_lines", "Transcript lines the watcher read.", Count.WATCHER_LINES),
+    (
+        "watcher_lines_skipped",
+        "Transcript lines passed over (malformed, unknown, duplicate, too long).",
+        Count.WATCHER_SKIPPED,
+    ),
+    ("watcher_events", "Events the watcher handed to the ingest.", Count.WATCHER_EVENTS),
 )
 
 

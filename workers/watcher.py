@@ -35,8 +35,10 @@ from clients.producer import Producer
 from core.config import Settings
 from core.conversations import ConversationTracker, Outgoing
 from core.errors import BootError, StateError
+from core.metrics import Count
 from core.transcripts import MessageLine, parse_line
 from workers.child import Liveness
+from workers.shared import MetricsRow
 from workers.tail import Position, TranscriptFile
 
 log = logging.getLogger("observatory.watcher")
@@ -69,9 +71,15 @@ def is_transcript_or_folder(change: Change, path: str) -> bool:
 
 class Watcher:
     def __init__(
-        self, settings: Settings, producer: Producer, bus: zmq.Socket[bytes], state_path: Path
+        self,
+        settings: Settings,
+        producer: Producer,
+        bus: zmq.Socket[bytes],
+        state_path: Path,
+        metrics: MetricsRow,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.producer = producer
         self.bus = bus  # SUB to the ingest's beats: a new epoch means a new, empty live state
         self.epoch: str | None = None  # the ingest run the watcher's events went to
@@ -249,14 +257,18 @@ class Watcher:
             log.info("%s was %s: reading it again from the start", key, chunk.restarted)
         if chunk.oversized:
             self.counts["oversized"] += chunk.oversized
+            self.metrics.count(Count.WATCHER_SKIPPED, chunk.oversized)
             self._log_once(key, "oversized", "%s: skipped a line longer than %d bytes", key, self.max_line)
         if chunk.lines or chunk.restarted or chunk.oversized:
             self._dirty = True
         if chunk.lines:
             self.counts["lines"] += len(chunk.lines)
+            self.metrics.count(Count.WATCHER_LINES, len(chunk.lines))
             before = self.tracker.skipped["malformed"]
+            skipped_before = self.tracker.skipped.total()
             entries = [parse_line(line) for line in chunk.lines]
             self.outbox.extend(self.tracker.read(entries, _now_ms()))
+            self.metrics.count(Count.WATCHER_SKIPPED, self.tracker.skipped.total() - skipped_before)
             if self.tracker.skipped["malformed"] > before:
                 self._log_once(key, "malformed", "%s: skipped a line that is not a JSON object", key)
         return chunk.more
@@ -284,6 +296,7 @@ class Watcher:
                 return
             self.outbox.popleft()
             self.counts["published"] += 1
+            self.metrics.count(Count.WATCHER_EVENTS)
             self._dirty = True
         if self._held_back_logged:
             log.info("the ingest takes events again")
@@ -406,7 +419,7 @@ async def _tick_forever(watcher: Watcher, stop: asyncio.Event) -> None:
         watcher.tick()
 
 
-async def serve(settings: Settings, beat_fd: int | None, parent_pid: int | None) -> None:
+async def serve(settings: Settings, metrics: MetricsRow, beat_fd: int | None, parent_pid: int | None) -> None:
     """Run until SIGTERM or SIGINT; without a beat pipe (``observatory watch``) nobody watches it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -428,7 +441,7 @@ async def serve(settings: Settings, beat_fd: int | None, parent_pid: int | None)
     bus.setsockopt(zmq.SUBSCRIBE, CONTROL_FRAME)
     bus.setsockopt(zmq.LINGER, 0)
     bus.connect(settings.bus_endpoint)
-    watcher = Watcher(settings, producer, bus, state_path)
+    watcher = Watcher(settings, producer, bus, state_path, metrics)
     liveness = Liveness(beat_fd, parent_pid, stop.set) if beat_fd is not None and parent_pid else None
     try:
         watcher.load_state()

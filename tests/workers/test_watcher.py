@@ -9,8 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.client import ObservatoryClient
 from core.transcripts import project_id_for
@@ -54,6 +57,17 @@ async def events_until(
         if event is not None and "seq" in event and (types is None or event["type"] in types):
             seen.append(event)
     return seen
+
+
+def watcher_counts(server: ServerProcess) -> dict[str, float]:
+    """The watcher's counters, as /metrics reports them."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    return {
+        sample.name.removeprefix("observatory_watcher_").removesuffix("_total"): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("observatory_watcher_")
+    }
 
 
 def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
@@ -118,6 +132,9 @@ async def test_lines_written_appear_as_events_in_order(tmp_path: Path) -> None:
         assert all(m["projectInfo"]["id"] == project_id for m in messages)
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(seqs)
+        counted = await asyncio.to_thread(watcher_counts, server)
+        assert counted["lines"] == 7 and counted["lines_skipped"] == 1  # the snapshot line
+        assert counted["events"] >= 8  # discovered, started, six messages (and maybe analytics by now)
         analytics = await events_until(
             client, count("analytics_update", 1), types=frozenset({"analytics_update"})
         )
