@@ -229,6 +229,8 @@ async def wait_ready(server: ServerProcess, timeout: float = BOOT_TIMEOUT) -> No
             worker = info["capabilities"]["worker"]
             if worker in probes:
                 await client.close()
+                # The other workers may still be booting: do not spend a low handshake limit meanwhile.
+                await asyncio.sleep(0.05)
                 continue
             await client.subscribe({"eventTypes": ["harness_probe"]})
             probes[worker] = client
