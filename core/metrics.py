@@ -27,7 +27,7 @@ class Count(IntEnum):
     MESSAGES_RECEIVED = 3  # whole client messages
     MESSAGES_FAILED = 4  # a send to a connection already closing
     MESSAGES_DROPPED = 5  # events never delivered: lost on the bus, or held for a connection that closed
-    BYTES_OUT = 6  # payload bytes of those messages, as sent (compressed when compressed)
+    BYTES_OUT = 6  # bytes written for those events: whole frames, compressed when compressed
     BYTES_IN = 7
     BROADCASTS = 8  # bus events that matched at least one client of the worker
     RATE_LIMITED = 9

@@ -36,6 +36,7 @@ from core.config import Settings
 from core.deflate import DeflateSettings, Inflater, compress, negotiate
 from core.drain import drain_plan
 from core.filters import SubscriptionFilters
+from core.frames import text_frame
 from core.index import SubscriptionIndex
 from core.limits import AdmissionLimits, Reject, ip_cells
 from core.metrics import Count, Gauge
@@ -117,8 +118,13 @@ class Hub:
         self.deflate_settings = DeflateSettings(
             settings.permessage_deflate, settings.compression_threshold, settings.compression_level
         )
-        self._deflated_payload: bytes | None = None
-        self._deflated: dict[int, bytes] = {}
+        self._framed_payload: bytes | None = None
+        self._frames: dict[int, bytes] = {}
+        # While the bus is drained, clients' frames are queued here and written once per client at the
+        # end of the batch: a burst costs one system call per client, not one per event. A batch never
+        # waits for more events: it is what one drain of the socket found.
+        self.corking = False
+        self.corked: list[ClientSession] = []
         self.worker_id = worker_id
         self.auth = auth
         self.allowed_origins = parse_origins(settings.allowed_origins)
@@ -219,17 +225,27 @@ class Hub:
             return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(answer), session)
         return session
 
-    def deflated(self, payload: bytes, window_bits: int) -> bytes:
-        """``payload`` compressed, once per payload and window size: a broadcast sends the same
-        bytes object to every client, so its clients share one compression."""
-        if payload is not self._deflated_payload:
-            self._deflated_payload, self._deflated = payload, {}
-        compressed = self._deflated.get(window_bits)
-        if compressed is None:
-            compressed = compress(payload, window_bits, self.settings.compression_level)
-            self._deflated[window_bits] = compressed
-            self.metrics.count(Count.COMPRESSIONS)
-        return compressed
+    def framed(self, payload: bytes, window_bits: int) -> bytes:
+        """``payload`` as a whole text frame, compressed with ``window_bits`` (0: not compressed),
+        built once per payload and window size: a broadcast passes the same bytes object for every
+        client, so its clients share one frame (and one compression)."""
+        if payload is not self._framed_payload:
+            self._framed_payload, self._frames = payload, {}
+        frame = self._frames.get(window_bits)
+        if frame is None:
+            if window_bits:
+                frame = text_frame(compress(payload, window_bits, self.settings.compression_level), True)
+                self.metrics.count(Count.COMPRESSIONS)
+            else:
+                frame = text_frame(payload)
+            self._frames[window_bits] = frame
+        return frame
+
+    def _flush_corked(self) -> None:
+        """The end of a bus batch: each client that was given frames gets them in one write."""
+        corked, self.corked = self.corked, []
+        for client in corked:
+            client.flush()
 
     def _refused(
         self, status: int, body: bytes, headers: dict[str, str] | None = None
@@ -321,16 +337,21 @@ class Hub:
     def _on_bus(self) -> None:
         order = self.order
         self.last_heard = time.monotonic()
-        for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
-            if len(frames) != 2:
-                self._on_control(frames)
-                continue
-            header = RoutingHeader.decode(frames[0])
-            if order.repairing is None and header.seq == order.last + 1 and header.epoch == order.epoch:
-                order.last = header.seq  # the common case: next in order, nothing to decide
-                self._broadcast(header, frames[1])
-            else:
-                self._act(order.on_event(header, frames[1]))
+        self.corking = True
+        try:
+            for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
+                if len(frames) != 2:
+                    self._on_control(frames)
+                    continue
+                header = RoutingHeader.decode(frames[0])
+                if order.repairing is None and header.seq == order.last + 1 and header.epoch == order.epoch:
+                    order.last = header.seq  # the common case: next in order, nothing to decide
+                    self._broadcast(header, frames[1])
+                else:
+                    self._act(order.on_event(header, frames[1]))
+        finally:
+            self.corking = False
+            self._flush_corked()
 
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
         seq = header.seq

@@ -41,7 +41,11 @@ COUNTERS: tuple[tuple[str, str, Count], ...] = (
     ("messages_received", "Whole messages received from clients.", Count.MESSAGES_RECEIVED),
     ("messages_failed", "Sends to a connection that was already closing.", Count.MESSAGES_FAILED),
     ("messages_dropped", "Events lost on the bus, or held for a client that left.", Count.MESSAGES_DROPPED),
-    ("bytes_out", "Payload bytes of those events (compressed size when compressed).", Count.BYTES_OUT),
+    (
+        "bytes_out",
+        "Bytes written for those events: whole frames, compressed when compressed.",
+        Count.BYTES_OUT,
+    ),
     ("bytes_in", "Payload bytes received from clients.", Count.BYTES_IN),
     ("broadcasts", "Bus events that matched at least one client of a worker.", Count.BROADCASTS),
     ("rate_limited", "Client messages refused by the rate limit.", Count.RATE_LIMITED),

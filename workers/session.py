@@ -50,6 +50,8 @@ class ClientSession(WSListener):
         )
         self.paused = False
         self.closed = False
+        self.raw: asyncio.WriteTransport  # set on connection
+        self.out: list[bytes] = []  # frames waiting for the end of the hub's bus batch
         self.close_code = 1006  # until a close frame says otherwise: the connection just dropped
         self.close_reason = ""
         self.address = "?"
@@ -67,6 +69,8 @@ class ClientSession(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        # Frames are built by the hub and written here as bytes: the socket's own transport.
+        self.raw = transport.underlying_transport
         self.hub.on_connected(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -140,22 +144,38 @@ class ClientSession(WSListener):
         self.hub.on_message(self, payload, binary)
 
     def send(self, payload: bytes) -> int:
-        """Queue one text frame, compressed if agreed and worth it; return the bytes it took.
-        A client too far behind is closed, never waited for."""
-        transport = self.transport
-        if transport is None or self.closed:
+        """Send one text message, compressed if agreed and worth it; return the bytes it took.
+        While the hub drains the bus the frame waits for the end of the batch, to go out in one
+        write with the client's other frames. A client too far behind is closed, never waited for."""
+        if self.transport is None or self.closed:
             self.hub.metrics.count(Count.MESSAGES_FAILED)
             return 0
         deflate = self.deflate
-        if deflate is not None and len(payload) >= self._threshold:
-            payload = self.hub.deflated(payload, deflate.server_window_bits)
-            transport.send(TEXT, payload, rsv1=True)
-        else:
-            transport.send(TEXT, payload)
+        bits = deflate.server_window_bits if deflate is not None and len(payload) >= self._threshold else 0
+        frame = self.hub.framed(payload, bits)
         self.messages_out += 1
+        if self.hub.corking:
+            if not self.out:
+                self.hub.corked.append(self)
+            self.out.append(frame)
+        else:
+            if self.out:
+                self.flush()
+            self.raw.write(frame)
+            if self.paused:
+                self.hub.check_backlog(self)
+        return len(frame)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if not out or self.raw.is_closing():
+            return
+        if len(out) == 1:
+            self.raw.write(out[0])
+        else:
+            self.raw.writelines(out)  # one system call for the whole burst
         if self.paused:
             self.hub.check_backlog(self)
-        return len(payload)
 
     def send_event(self, seq: int, payload: bytes) -> int:
         """Send (or hold, while a resume replays) one bus event; return the bytes sent now."""
@@ -188,6 +208,7 @@ class ClientSession(WSListener):
     def close(self, decision: Disconnect) -> None:
         if self.closed or self.transport is None:
             return
+        self.flush()  # what was queued goes before the close frame
         self.closed = True
         self.close_code = decision.code
         self.close_reason = decision.reason
