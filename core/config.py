@@ -348,6 +348,15 @@ class Settings:
         high=9,
     )
 
+    flush_interval: float = _option(
+        0.0,
+        "WS_FLUSH_INTERVAL",
+        "Seconds a client's frames may wait to share one write with the next events; 0: written at "
+        "the end of each bus batch, never waiting (a lower latency for more CPU).",
+        low=0.0,
+        high=1.0,
+    )
+
     drain_window: float = _option(
         5.0,
         "OBSERVATORY_DRAIN_WINDOW",

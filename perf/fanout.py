@@ -270,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         "--stalled", type=int, default=0, help="extra subscribers that never read (not measured)"
     )
     parser.add_argument("--workers", type=int, default=2, help="server workers (when starting one)")
+    parser.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option for the server it starts, e.g. flush_interval=0.01 (repeat for several)",
+    )
     parser.add_argument("--url", help="target a running server instead of starting one")
     parser.add_argument("--token", help="a token for that server (with --url; see 'observatory token')")
     parser.add_argument("--ingest", default="tcp://127.0.0.1:5557", help="its producer endpoint (with --url)")
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             max_connections=max((args.clients + args.stalled) * 2, 1000),
             log_level="WARNING",
+            **dict(option.split("=", 1) for option in args.server_option),
         )
         url, ingest, pid = server.url_with_token(), server.ingest_endpoint, server.proc.pid
     try:

@@ -123,8 +123,12 @@ class Hub:
         # While the bus is drained, clients' frames are queued here and written once per client at the
         # end of the batch: a burst costs one system call per client, not one per event. A batch never
         # waits for more events: it is what one drain of the socket found.
-        self.corking = False
+        # An operator may trade latency for CPU: with a flush_interval, frames wait for a timer as
+        # well, so a quiet stream's events share writes too (off by default).
+        self.flush_interval = settings.flush_interval
+        self.corking = self.flush_interval > 0
         self.corked: list[ClientSession] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.worker_id = worker_id
         self.auth = auth
         self.allowed_origins = parse_origins(settings.allowed_origins)
@@ -167,6 +171,9 @@ class Hub:
             self.loop.call_soon(self._on_answers)
 
     def detach(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_corked()
         self.loop.remove_reader(self.bus.FD)
         self.loop.remove_reader(self.queries.FD)
         self.bus.close(linger=0)
@@ -241,8 +248,15 @@ class Hub:
             self._frames[window_bits] = frame
         return frame
 
+    def cork(self, client: ClientSession) -> None:
+        """``client`` has frames queued: write them at the end of the batch (or of the interval)."""
+        self.corked.append(client)
+        if self.flush_interval and self._flush_timer is None:
+            self._flush_timer = self.loop.call_later(self.flush_interval, self._flush_corked)
+
     def _flush_corked(self) -> None:
-        """The end of a bus batch: each client that was given frames gets them in one write."""
+        """Each client that was given frames gets them in one write."""
+        self._flush_timer = None
         corked, self.corked = self.corked, []
         for client in corked:
             client.flush()
@@ -337,7 +351,7 @@ class Hub:
     def _on_bus(self) -> None:
         order = self.order
         self.last_heard = time.monotonic()
-        self.corking = True
+        self.corking = True  # (already, with a flush interval)
         try:
             for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
                 if len(frames) != 2:
@@ -350,8 +364,9 @@ class Hub:
                 else:
                     self._act(order.on_event(header, frames[1]))
         finally:
-            self.corking = False
-            self._flush_corked()
+            if not self.flush_interval:
+                self.corking = False
+                self._flush_corked()
 
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
         seq = header.seq

@@ -156,7 +156,7 @@ class ClientSession(WSListener):
         self.messages_out += 1
         if self.hub.corking:
             if not self.out:
-                self.hub.corked.append(self)
+                self.hub.cork(self)
             self.out.append(frame)
         else:
             if self.out:

@@ -416,3 +416,22 @@ async def test_a_close_without_a_status_code_is_answered_with_1000(server: Serve
     await asyncio.wait_for(transport.wait_disconnected(), 5)
     assert transport.close_handshake is not None and transport.close_handshake.recv is not None
     assert transport.close_handshake.recv.code == WSCloseCode.OK
+
+
+async def test_with_a_flush_interval_events_and_replies_still_arrive_whole_and_in_order(
+    tmp_path: Path,
+) -> None:
+    server = await asyncio.to_thread(start_server, tmp_path, 1, flush_interval=0.05)
+    try:
+        client = server.client()
+        await client.connect()
+        await client.subscribe({"eventTypes": ["flushed"]})
+        producer = server.producer()
+        for i in range(50):
+            producer.publish("flushed", {"i": i, "pad": "x" * (i * 50)})
+        received = [await next_event(client, "flushed", 5) for _ in range(50)]
+        assert [e["data"]["i"] for e in received if e] == list(range(50))
+        assert await client.ping() >= 0  # a reply waits at most the interval
+        await client.close()
+    finally:
+        server.stop()
