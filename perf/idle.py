@@ -37,6 +37,8 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fanout import cpu_of, percentile, server_processes  # perf/ is this script's own folder
+
 SUBSCRIBE = orjson.dumps({"type": "subscribe", "data": {"filters": {"eventTypes": ["idle_never_sent"]}}})
 FD_MARGIN = 64  # descriptors a process needs besides its connections (pipes, the event loop, libraries)
 
@@ -164,18 +166,6 @@ def _load_process(url: str, indices: list[int], rate: float, timeout: float, ctl
     uvloop.run(_load(url, indices, rate, start_wall, timeout, ctl))
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """The q-th percentile of an already sorted list (nearest rank)."""
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
-def server_processes(root_pid: int) -> list[psutil.Process]:
-    root = psutil.Process(root_pid)
-    return [root, *root.children(recursive=True)]
-
-
 def _name(process: psutil.Process) -> str:
     try:
         name = process.name()
@@ -192,17 +182,6 @@ def rss_by_process(processes: list[psutil.Process]) -> dict[str, float]:
         except psutil.Error:
             pass
     return found
-
-
-def cpu_of(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 @dataclass
