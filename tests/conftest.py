@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,3 +31,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running = start_server(tmp_path_factory.mktemp("server"), workers=2)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers of one's own with ``server_factory(**options)`` (two workers each); every one
+    is stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(**options: Any) -> ServerProcess:
+        started.append(start_server(tmp_path, 2, **options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import re
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,7 +14,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import ServerProcess, next_event, start_server, wait_until
+from tests.harness import ServerProcess, next_event, wait_until
 
 ROLES = {"supervisor", "ingest", "worker 1", "worker 2"}
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -25,19 +23,6 @@ JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 TEXT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\[[\w ]+\] [\w.]+: "
 )
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Any]:
-    started: list[ServerProcess] = []
-
-    def start(**options: Any) -> ServerProcess:
-        started.append(start_server(tmp_path, 2, **options))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def json_log(server: ServerProcess) -> list[dict[str, Any]]:
@@ -59,8 +44,8 @@ def access_lines(server: ServerProcess) -> list[dict[str, Any]]:
     return [entry for entry in json_log(server) if entry["logger"] == "observatory.access"]
 
 
-async def test_a_json_server_writes_nothing_but_json_lines(own_server: Any) -> None:
-    server = await asyncio.to_thread(own_server, log_format="json")
+async def test_a_json_server_writes_nothing_but_json_lines(server_factory: Any) -> None:
+    server = await asyncio.to_thread(server_factory, log_format="json")
     # Some traffic, so that the workers log too: an access line, and picows refusing a frame.
     client = server.client()
     await client.connect()
@@ -96,8 +81,8 @@ async def test_a_json_server_writes_nothing_but_json_lines(own_server: Any) -> N
     assert entries[-1]["message"] == "observatory stopped (exit 0)"
 
 
-async def test_a_text_server_prints_its_addresses_then_writes_text_lines(own_server: Any) -> None:
-    server = await asyncio.to_thread(own_server)
+async def test_a_text_server_prints_its_addresses_then_writes_text_lines(server_factory: Any) -> None:
+    server = await asyncio.to_thread(server_factory)
     client = server.client()
     await client.connect()
     await client.close(1000, "done")
@@ -117,10 +102,10 @@ async def test_a_text_server_prints_its_addresses_then_writes_text_lines(own_ser
 
 @pytest.mark.parametrize("token_via", ["query", "header"])
 async def test_the_access_line_tells_the_connection_and_never_its_token(
-    own_server: Any, token_via: str
+    server_factory: Any, token_via: str
 ) -> None:
     # DEBUG: whatever the server logs at any level must leave the token out.
-    server = await asyncio.to_thread(own_server, log_format="json", log_level="DEBUG")
+    server = await asyncio.to_thread(server_factory, log_format="json", log_level="DEBUG")
     user = f"auditor-{token_via}"
     token = server.token(user=user)
     client = server.client(token=token, token_via=token_via)
@@ -157,8 +142,8 @@ async def test_the_access_line_tells_the_connection_and_never_its_token(
     assert signature not in text, "a part of the token is in the log"
 
 
-async def test_refused_handshakes_and_plain_http_are_not_in_the_access_log(own_server: Any) -> None:
-    server = await asyncio.to_thread(own_server, log_format="json")
+async def test_refused_handshakes_and_plain_http_are_not_in_the_access_log(server_factory: Any) -> None:
+    server = await asyncio.to_thread(server_factory, log_format="json")
     await asyncio.to_thread(wait_until, lambda: connections_active(server) == 0, 5, "the probes to go")
     logged_before = len(access_lines(server))
     with pytest.raises(websockets.InvalidStatus):
@@ -205,8 +190,8 @@ def connections_active(server: ServerProcess) -> float | None:
     return None
 
 
-async def test_no_access_line_when_the_access_log_is_off(own_server: Any) -> None:
-    server = await asyncio.to_thread(own_server, log_format="json", access_log="false")
+async def test_no_access_line_when_the_access_log_is_off(server_factory: Any) -> None:
+    server = await asyncio.to_thread(server_factory, log_format="json", access_log="false")
     client = server.client()
     await client.connect()
     await client.ping()

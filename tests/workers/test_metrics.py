@@ -12,8 +12,7 @@ import http.client
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,7 +35,7 @@ from core.metrics import (
     count_cell,
     gauge_cell,
 )
-from tests.harness import ServerProcess, close_all, next_event, signal_child, start_server
+from tests.harness import ServerProcess, close_all, next_event, signal_child
 from workers import metrics as metrics_module
 from workers.metrics import ServerView
 from workers.shared import SharedCounters, SharedMetrics
@@ -218,20 +217,6 @@ async def read_until_closed(client: ObservatoryClient, timeout: float = 10.0) ->
             got.append(message)
     assert not client.is_connected, f"still connected after {timeout}s"
     return got
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Any]:
-    """Start a server of one's own with ``own_server(**options)``; every one is stopped at the end."""
-    started: list[ServerProcess] = []
-
-    def start(**options: Any) -> ServerProcess:
-        started.append(start_server(tmp_path, 2, **options))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 # --- the shared rows, without a server ------------------------------------------------------------
@@ -616,9 +601,9 @@ async def test_a_refused_handshake_is_counted(server: ServerProcess) -> None:
     assert moved(before, after) == {"observatory_handshakes_refused_total": 1}
 
 
-async def test_rate_limits_and_a_flood_are_counted(own_server: Any) -> None:
+async def test_rate_limits_and_a_flood_are_counted(server_factory: Any) -> None:
     # A budget of 3 messages, refilled once a minute: nothing refills during the test.
-    strict = await asyncio.to_thread(own_server, message_rate_burst=3, message_rate_limit=1)
+    strict = await asyncio.to_thread(server_factory, message_rate_burst=3, message_rate_limit=1)
     client = strict.client()
     await client.connect()
     ping = orjson.dumps({"type": "ping", "data": {}})
@@ -688,8 +673,8 @@ def health_of(server: ServerProcess) -> tuple[int, dict[str, Any], dict[str, str
     return status, body, {check["name"]: check["status"] for check in body["checks"]}
 
 
-async def test_a_fresh_server_is_healthy(own_server: Any) -> None:
-    fresh = await asyncio.to_thread(own_server)
+async def test_a_fresh_server_is_healthy(server_factory: Any) -> None:
+    fresh = await asyncio.to_thread(server_factory)
     await settled_async(fresh)  # the harness's probes have gone
     status, body, checks = await asyncio.to_thread(health_of, fresh)
     assert (status, body["status"]) == (200, "healthy"), body
@@ -718,8 +703,8 @@ async def test_a_fresh_server_is_healthy(own_server: Any) -> None:
         await client.close()
 
 
-async def test_mostly_invalid_messages_make_the_server_unhealthy(own_server: Any) -> None:
-    strict = await asyncio.to_thread(own_server, health_error_rate=0.1)
+async def test_mostly_invalid_messages_make_the_server_unhealthy(server_factory: Any) -> None:
+    strict = await asyncio.to_thread(server_factory, health_error_rate=0.1)
     client = strict.client()
     await client.connect()
     try:
@@ -748,8 +733,8 @@ async def test_mostly_invalid_messages_make_the_server_unhealthy(own_server: Any
         await client.close()
 
 
-async def test_a_slow_broadcast_is_a_warning_served_with_200(own_server: Any) -> None:
-    picky = await asyncio.to_thread(own_server, health_latency_ms=0.001)
+async def test_a_slow_broadcast_is_a_warning_served_with_200(server_factory: Any) -> None:
+    picky = await asyncio.to_thread(server_factory, health_latency_ms=0.001)
     client = picky.client()
     await client.connect()
     try:
@@ -769,8 +754,8 @@ async def test_a_slow_broadcast_is_a_warning_served_with_200(own_server: Any) ->
         await client.close()
 
 
-def test_too_much_memory_is_a_warning_served_with_200(own_server: Any) -> None:
-    tight = own_server(health_memory_bytes=1_048_576)
+def test_too_much_memory_is_a_warning_served_with_200(server_factory: Any) -> None:
+    tight = server_factory(health_memory_bytes=1_048_576)
     settled(tight)  # the harness's probes have gone
     for _ in range(6):
         status, body, checks = health_of(tight)
@@ -810,8 +795,8 @@ def ready_until(server: ServerProcess, status: int, timeout: float) -> tuple[flo
     raise AssertionError(f"/ready did not settle on {status} within {timeout}s")
 
 
-def test_ready_goes_503_while_the_ingest_is_silent_and_back_after(own_server: Any) -> None:
-    watched = own_server()  # the ingest beats every second; three silent beats make it unready
+def test_ready_goes_503_while_the_ingest_is_silent_and_back_after(server_factory: Any) -> None:
+    watched = server_factory()  # the ingest beats every second; three silent beats make it unready
     assert fetch_json(watched, "/ready")[0] == 200
     victim = signal_child(watched, "obs-ingest", signal.SIGSTOP)
     try:
@@ -825,9 +810,9 @@ def test_ready_goes_503_while_the_ingest_is_silent_and_back_after(own_server: An
     assert took < 3.0
 
 
-async def test_ready_goes_503_while_draining(own_server: Any) -> None:
+async def test_ready_goes_503_while_draining(server_factory: Any) -> None:
     # Three clients on each worker, closed one every two seconds: each worker drains for four.
-    draining = await asyncio.to_thread(own_server, drain_window=6)
+    draining = await asyncio.to_thread(server_factory, drain_window=6)
     clients = await clients_on_both_workers(draining, 3)
     try:
         assert (await asyncio.to_thread(fetch_json, draining, "/ready"))[0] == 200
