@@ -75,6 +75,21 @@ class SubscriptionIndex(Generic[ClientT]):
 
     def match(self, header: RoutingHeader) -> Collection[ClientT]:
         """The clients the event goes to, each once."""
+        matched = self._matching(header)
+        if not matched:
+            return ()
+        if len(matched) == 1:
+            return matched[0].recipients()
+        recipients: set[ClientT] = set()
+        for group in matched:
+            recipients.update(group.members)
+        return recipients
+
+    def match_keys(self, header: RoutingHeader) -> list[str]:
+        """The keys of the subscriptions the event matches, each once."""
+        return [group.key for group in self._matching(header)]
+
+    def _matching(self, header: RoutingHeader) -> list[_Group[ClientT]]:
         matched: list[_Group[ClientT]] = [g for g in self._unanchored.values() if g.filters.matches(header)]
         buckets = self._buckets
         self._collect(matched, buckets["sessionIds"], header.session_id, header)
@@ -84,14 +99,7 @@ class SubscriptionIndex(Generic[ClientT]):
         self._collect(matched, buckets["eventTypes"], header.type, header)
         for message_type in header.message_types:
             self._collect(matched, buckets["messageTypes"], message_type, header)
-        if not matched:
-            return ()
-        if len(matched) == 1:
-            return matched[0].recipients()
-        recipients: set[ClientT] = set()
-        for group in matched:
-            recipients.update(group.members)
-        return recipients
+        return matched
 
     @staticmethod
     def _collect(

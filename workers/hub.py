@@ -33,10 +33,9 @@ from core.auth import (
     scope_query,
 )
 from core.config import Settings
-from core.deflate import DeflateSettings, Inflater, compress, negotiate
+from core.deflate import DeflateSettings, Inflater, negotiate
 from core.drain import drain_plan
 from core.filters import SubscriptionFilters
-from core.frames import text_frame
 from core.index import SubscriptionIndex
 from core.limits import AdmissionLimits, Reject, ip_cells
 from core.metrics import Count, Gauge
@@ -70,6 +69,7 @@ from core.queries import (
 from core.ratelimit import Throttled
 from core.routing import RoutingHeader
 from core.sequence import Action, BusOrder, Deliver, Lost, NewEpoch, Repair
+from workers.fanout import Fanout
 from workers.keys import AuthSetup
 from workers.metrics import ServerView
 from workers.replay import Replays
@@ -118,17 +118,6 @@ class Hub:
         self.deflate_settings = DeflateSettings(
             settings.permessage_deflate, settings.compression_threshold, settings.compression_level
         )
-        self._framed_payload: bytes | None = None
-        self._frames: dict[int, bytes] = {}
-        # While the bus is drained, clients' frames are queued here and written once per client at the
-        # end of the batch: a burst costs one system call per client, not one per event. A batch never
-        # waits for more events: it is what one drain of the socket found.
-        # An operator may trade latency for CPU: with a flush_interval, frames wait for a timer as
-        # well, so a quiet stream's events share writes too (off by default).
-        self.flush_interval = settings.flush_interval
-        self.corking = self.flush_interval > 0
-        self.corked: list[ClientSession] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
         self.worker_id = worker_id
         self.auth = auth
         self.allowed_origins = parse_origins(settings.allowed_origins)
@@ -138,6 +127,15 @@ class Hub:
         self.loop = loop
         self.clients: dict[str, ClientSession] = {}
         self.index: SubscriptionIndex[ClientSession] = SubscriptionIndex()
+        self.fanout = Fanout(
+            self.index,
+            metrics,
+            loop,
+            settings.flush_interval,
+            settings.compression_threshold,
+            settings.compression_level,
+            settings.max_pending_bytes,
+        )
         self.own_row = own_row
         self.limits = AdmissionLimits(
             settings.max_connections, settings.max_connections_per_ip, settings.max_handshakes_per_ip
@@ -171,9 +169,7 @@ class Hub:
             self.loop.call_soon(self._on_answers)
 
     def detach(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-        self._flush_corked()
+        self.fanout.settle()
         self.loop.remove_reader(self.bus.FD)
         self.loop.remove_reader(self.queries.FD)
         self.bus.close(linger=0)
@@ -231,35 +227,6 @@ class Hub:
         if answer:
             return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(answer), session)
         return session
-
-    def framed(self, payload: bytes, window_bits: int) -> bytes:
-        """``payload`` as a whole text frame, compressed with ``window_bits`` (0: not compressed),
-        built once per payload and window size: a broadcast passes the same bytes object for every
-        client, so its clients share one frame (and one compression)."""
-        if payload is not self._framed_payload:
-            self._framed_payload, self._frames = payload, {}
-        frame = self._frames.get(window_bits)
-        if frame is None:
-            if window_bits:
-                frame = text_frame(compress(payload, window_bits, self.settings.compression_level), True)
-                self.metrics.count(Count.COMPRESSIONS)
-            else:
-                frame = text_frame(payload)
-            self._frames[window_bits] = frame
-        return frame
-
-    def cork(self, client: ClientSession) -> None:
-        """``client`` has frames queued: write them at the end of the batch (or of the interval)."""
-        self.corked.append(client)
-        if self.flush_interval and self._flush_timer is None:
-            self._flush_timer = self.loop.call_later(self.flush_interval, self._flush_corked)
-
-    def _flush_corked(self) -> None:
-        """Each client that was given frames gets them in one write."""
-        self._flush_timer = None
-        corked, self.corked = self.corked, []
-        for client in corked:
-            client.flush()
 
     def _refused(
         self, status: int, body: bytes, headers: dict[str, str] | None = None
@@ -324,6 +291,7 @@ class Hub:
             client.expiry.cancel()
         self._forget_session(client)
         self.metrics.closed(client.close_code)
+        self.fanout.remove(client)  # first: it adds up what the lanes sent, for the access line
         if self.settings.access_log:
             _log_access(client)
         for key in client.subscription_keys:
@@ -340,18 +308,13 @@ class Hub:
             if not peers:
                 del self.by_session[session_id]  # type: ignore[arg-type]
 
-    def check_backlog(self, client: ClientSession) -> None:
-        if client.pending_bytes() > self.settings.max_pending_bytes:
-            log.warning("closing slow client %s: %d bytes unsent", client.id, client.pending_bytes())
-            self.metrics.count(Count.SLOW_CONSUMERS)
-            client.close(Disconnect(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
-
     # --- the bus --------------------------------------------------------------------------------
 
     def _on_bus(self) -> None:
         order = self.order
         self.last_heard = time.monotonic()
-        self.corking = True  # (already, with a flush interval)
+        fanout = self.fanout
+        fanout.corking = True  # (already, with a flush interval)
         try:
             for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
                 if len(frames) != 2:
@@ -364,16 +327,12 @@ class Hub:
                 else:
                     self._act(order.on_event(header, frames[1]))
         finally:
-            if not self.flush_interval:
-                self.corking = False
-                self._flush_corked()
+            if not fanout.flush_interval:
+                fanout.corking = False
+                fanout.settle()
 
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
-        seq = header.seq
-        recipients = sent_bytes = 0
-        for client in self.index.match(header):
-            sent_bytes += client.send_event(seq, payload)
-            recipients += 1
+        recipients, sent_bytes = self.fanout.broadcast(header, payload)
         if recipients:
             published = header.published_ms
             latency_ms = time.time() * 1000 - published if published else None
@@ -424,7 +383,9 @@ class Hub:
         self._repair_id = None  # an answer still on its way describes the old run
         self.replays.fail_all(f"epoch {change.previous} ended during the replay")
         for client in self.clients.values():
-            client.floor = 0  # seq starts again at 1 in a new epoch
+            if client.floor:
+                client.floor = 0  # seq starts again at 1 in a new epoch
+                self.fanout.place(client)
         if change.previous is not None:
             notice = encode_message(
                 "epoch_changed", {"epoch": change.epoch, "previous": change.previous}, now_ms()
@@ -513,6 +474,7 @@ class Hub:
             self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, 1)
         self.index.subscribe(client, filters)
         client.subscription_keys.add(key)
+        self.fanout.place(client)
         if request.client_info is not None:
             client.client_info = request.client_info
         data = {"subscriptionKey": key, "filters": filters.to_json()}
@@ -544,6 +506,7 @@ class Hub:
         for key in keys:
             self.index.unsubscribe(client, key)
             client.subscription_keys.discard(key)
+        self.fanout.place(client)
         self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, -len(keys))
         data = {"subscriptionKeys": keys, "remaining": len(client.subscription_keys)}
         client.send(encode_message("unsubscription_confirmed", data, now_ms(), request.request_id))
@@ -578,6 +541,7 @@ class Hub:
         for key in dropped:
             self.index.unsubscribe(client, key)
             client.subscription_keys.discard(key)
+        self.fanout.place(client)
         self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, -len(dropped))
         expires_ms = None if candidate.expires_at is None else int(candidate.expires_at * 1000)
         data = {"expiresAt": expires_ms, "droppedSubscriptions": dropped}

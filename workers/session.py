@@ -51,7 +51,11 @@ class ClientSession(WSListener):
         self.paused = False
         self.closed = False
         self.raw: asyncio.WriteTransport  # set on connection
-        self.out: list[bytes] = []  # frames waiting for the end of the hub's bus batch
+        self.out: list[bytes] = []  # frames waiting for the end of the batch
+        # The fan-out's lanes this client is in: (subscription keys, direct, window bits), and for a
+        # direct client how many of its group's events had been written when it joined.
+        self.placed: tuple[tuple[str, ...], bool, int] | None = None
+        self.sent_mark = 0
         self.close_code = 1006  # until a close frame says otherwise: the connection just dropped
         self.close_reason = ""
         self.address = "?"
@@ -145,25 +149,33 @@ class ClientSession(WSListener):
 
     def send(self, payload: bytes) -> int:
         """Send one text message, compressed if agreed and worth it; return the bytes it took.
-        While the hub drains the bus the frame waits for the end of the batch, to go out in one
-        write with the client's other frames. A client too far behind is closed, never waited for."""
+        Events batched for this client's group go first, so a reply never overtakes them."""
+        fanout = self.hub.fanout
+        if fanout.ready:
+            fanout.settle()
+        return self._queue(payload)
+
+    def _queue(self, payload: bytes) -> int:
+        """While a batch is open the frame waits for its end, to go out in one write with the
+        client's other frames. A client too far behind is closed, never waited for."""
         if self.transport is None or self.closed:
             self.hub.metrics.count(Count.MESSAGES_FAILED)
             return 0
+        fanout = self.hub.fanout
         deflate = self.deflate
         bits = deflate.server_window_bits if deflate is not None and len(payload) >= self._threshold else 0
-        frame = self.hub.framed(payload, bits)
+        frame = fanout.framed(payload, bits)
         self.messages_out += 1
-        if self.hub.corking:
+        if fanout.corking:
             if not self.out:
-                self.hub.cork(self)
+                fanout.cork(self)
             self.out.append(frame)
         else:
             if self.out:
                 self.flush()
             self.raw.write(frame)
             if self.paused:
-                self.hub.check_backlog(self)
+                fanout.check_backlog(self)
         return len(frame)
 
     def flush(self) -> None:
@@ -175,14 +187,19 @@ class ClientSession(WSListener):
         else:
             self.raw.writelines(out)  # one system call for the whole burst
         if self.paused:
-            self.hub.check_backlog(self)
+            self.hub.fanout.check_backlog(self)
 
     def send_event(self, seq: int, payload: bytes) -> int:
-        """Send (or hold, while a resume replays) one bus event; return the bytes sent now."""
+        """Send (or hold, while a resume replays) one bus event of a slow lane; return the bytes
+        queued now."""
         if seq <= self.floor:
             return 0
         if self.held is None:
-            return self.send(payload)
+            if self.floor:
+                # Past the floor: nothing left to skip, so the client may take the direct lane again.
+                self.floor = 0
+                self.hub.fanout.place_later(self)
+            return self._queue(payload)
         self.held.append((seq, payload))
         self.held_bytes += len(payload)
         if self.held_bytes > self.hub.settings.max_pending_bytes:
@@ -194,6 +211,7 @@ class ClientSession(WSListener):
     def hold(self) -> None:
         if self.held is None:
             self.held = []
+            self.hub.fanout.place(self)
 
     def release(self) -> None:
         """Send what was held, but what the client had or the replay sent (up to the floor)."""
@@ -201,6 +219,9 @@ class ClientSession(WSListener):
         for seq, payload in held:
             if seq > self.floor:
                 self.send(payload)
+        if self.floor <= self.hub.order.last:
+            self.floor = 0  # every event still to come is past it
+        self.hub.fanout.place(self)
 
     def pending_bytes(self) -> int:
         return 0 if self.transport is None else self.transport.underlying_transport.get_write_buffer_size()
@@ -210,6 +231,7 @@ class ClientSession(WSListener):
             return
         self.flush()  # what was queued goes before the close frame
         self.closed = True
+        self.hub.fanout.remove(self)
         self.close_code = decision.code
         self.close_reason = decision.reason
         transport = self.transport

@@ -106,6 +106,17 @@ def test_all_subscriptions_together_match_brute_force(event_name: str) -> None:
     assert_same(index.match(header), expected)
 
 
+@pytest.mark.parametrize("event_name", list(EVENTS))
+def test_matched_keys_are_the_matching_subscriptions_each_once(event_name: str) -> None:
+    index: SubscriptionIndex[str] = SubscriptionIndex()
+    for client, name in CLIENT_SUBSCRIPTIONS:
+        index.subscribe(client, SUBSCRIPTIONS[name])
+    header = EVENTS[event_name]
+    keys = index.match_keys(header)
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {filters.key for filters in SUBSCRIPTIONS.values() if filters.matches(header)}
+
+
 @pytest.mark.parametrize(
     ("event_name", "expected"),
     [
