@@ -132,6 +132,9 @@ class Result:
     handshake_ms_p99: float
     server_cpu_seconds: float
     server_cpu_us_per_delivery: float
+    server_cpu_us_per_delivery_user: float
+    server_cpu_us_per_delivery_system: float
+    server_cpu_seconds_by_process: dict[str, float]
     server_rss_mb_idle: float
     server_rss_mb_peak: float
     load_cpu_seconds: float
@@ -144,14 +147,22 @@ def server_processes(root_pid: int) -> list[psutil.Process]:
 
 
 def cpu_of(processes: list[psutil.Process]) -> float:
-    total = 0.0
+    return sum(user + system for user, system in cpu_by_process(processes).values())
+
+
+def cpu_by_process(processes: list[psutil.Process]) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of each live process, by its title (``obs-worker-1``...)."""
+    times: dict[str, tuple[float, float]] = {}
     for process in processes:
         try:
-            times = process.cpu_times()
-            total += times.user + times.system
+            name = process.name()
+            used = process.cpu_times()
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        if name in times:
+            name = f"{name}-{process.pid}"
+        times[name] = (used.user, used.system)
+    return times
 
 
 def rss_mb(processes: list[psutil.Process]) -> float:
@@ -185,7 +196,7 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
 
     server = server_processes(server_pid)
     rss_idle = rss_mb(server)
-    cpu_before = cpu_of(server)
+    cpu_before = cpu_by_process(server)
     payload = "x" * max(args.size - 40, 0)
     producer = Producer(ingest)
     sent = 0
@@ -207,7 +218,14 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
     for _, finish_w, _ in pipes:
         finish_w.send(True)
     outcomes = [out_r.recv() if out_r.poll(60) else None for _, _, out_r in pipes]
-    cpu_used = cpu_of(server) - cpu_before
+    cpu_after = cpu_by_process(server)
+    cpu_spent = {
+        name: (user - cpu_before.get(name, (0.0, 0.0))[0], system - cpu_before.get(name, (0.0, 0.0))[1])
+        for name, (user, system) in cpu_after.items()
+    }
+    cpu_user = sum(user for user, _ in cpu_spent.values())
+    cpu_system = sum(system for _, system in cpu_spent.values())
+    cpu_used = cpu_user + cpu_system
     producer.close()
     for process in workers:
         process.join(10)
@@ -250,6 +268,9 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
         handshake_ms_p99=round(percentile(handshakes, 99), 3),
         server_cpu_seconds=round(cpu_used, 3),
         server_cpu_us_per_delivery=round(cpu_used / max(received, 1) * 1e6, 3),
+        server_cpu_us_per_delivery_user=round(cpu_user / max(received, 1) * 1e6, 3),
+        server_cpu_us_per_delivery_system=round(cpu_system / max(received, 1) * 1e6, 3),
+        server_cpu_seconds_by_process={name: round(u + s, 3) for name, (u, s) in sorted(cpu_spent.items())},
         server_rss_mb_idle=round(rss_idle, 1),
         server_rss_mb_peak=round(rss_peak, 1),
         load_cpu_seconds=round(load_cpu, 2),
