@@ -521,8 +521,8 @@ def _check_together(settings: Settings) -> Settings:
     if bool(settings.ssl_cert_path) != bool(settings.ssl_key_path):
         raise ConfigError("ssl_cert_path and ssl_key_path go together: give both or neither")
     if settings.heartbeat_timeout > settings.heartbeat_interval:
-        # picows pings after heartbeat_interval of silence and wants the pong within that same span;
-        # a longer timeout makes it drop every connection.
+        # A pinged client answers within the idle span, so a dead peer is found within twice the
+        # interval; a longer timeout would mostly keep dead connections open.
         raise ConfigError(
             f"heartbeat_timeout ({settings.heartbeat_timeout:g}) must not exceed heartbeat_interval "
             f"({settings.heartbeat_interval:g})"

@@ -33,9 +33,11 @@ from core.auth import (
     scope_query,
 )
 from core.config import Settings
+from core.deadlines import Deadlines
 from core.deflate import DeflateSettings, Inflater, negotiate
 from core.drain import drain_plan
 from core.filters import SubscriptionFilters
+from core.heartbeat import Heartbeats
 from core.index import SubscriptionIndex
 from core.limits import AdmissionLimits, Reject, ip_cells
 from core.metrics import Count, Gauge
@@ -149,6 +151,11 @@ class Hub:
         self.lost_events = 0
         self._repair_id: bytes | None = None
         self.replays = Replays(self)
+        self.heartbeats = Heartbeats(settings.heartbeat_interval, settings.heartbeat_timeout)
+        self.expiries: Deadlines[ClientSession] = Deadlines()  # when each client's token runs out
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_due: float | None = None
+        self._heartbeat_sweep: asyncio.TimerHandle | None = None
 
         self.bus = context.socket(zmq.SUB)
         self.bus.setsockopt(zmq.LINGER, 0)
@@ -160,6 +167,7 @@ class Hub:
         self.queries.connect(settings.query_endpoint)
 
     def attach(self) -> None:
+        self._heartbeat_sweep = self.loop.call_later(self.heartbeats.sweep_every, self._sweep_heartbeats)
         self.loop.add_reader(self.bus.FD, self._on_bus)
         self.loop.add_reader(self.queries.FD, self._on_answers)
         self.loop.call_soon(self._on_bus)
@@ -169,6 +177,9 @@ class Hub:
             self.loop.call_soon(self._on_answers)
 
     def detach(self) -> None:
+        for timer in (self._heartbeat_sweep, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
         self.fanout.settle()
         self.loop.remove_reader(self.bus.FD)
         self.loop.remove_reader(self.queries.FD)
@@ -272,23 +283,37 @@ class Hub:
         log.debug("client %s (%s) connected from %s", client.id, client.principal.user, client.peer())
 
     def _arm_expiry(self, client: ClientSession) -> None:
-        if client.expiry is not None:
-            client.expiry.cancel()
-            client.expiry = None
         expires_at = client.principal.expires_at
-        if expires_at is not None and self.auth.verifier is not None:
-            # The same leeway as at the handshake: a token admitted there is not dropped at once.
-            delay = max(expires_at + self.auth.verifier.leeway - time.time(), 0.0)
-            client.expiry = self.loop.call_later(
-                delay, client.close, Disconnect(CloseCode.TOKEN_EXPIRED, "token expired")
-            )
+        if expires_at is None or self.auth.verifier is None:
+            self.expiries.discard(client)
+            return
+        # The same leeway as at the handshake: a token admitted there is not dropped at once.
+        self.expiries.set(client, expires_at + self.auth.verifier.leeway)
+        self._time_expiries()
+
+    def _time_expiries(self) -> None:
+        """One timer, for the earliest expiry."""
+        earliest = self.expiries.next()
+        if earliest == self._expiry_due:
+            return
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._expiry_due = earliest
+        if earliest is not None:
+            self._expiry_timer = self.loop.call_later(max(earliest - time.time(), 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = self._expiry_due = None
+        for client in self.expiries.due(time.time()):
+            client.close(Disconnect(CloseCode.TOKEN_EXPIRED, "token expired"))
+        self._time_expiries()
 
     def on_disconnected(self, client: ClientSession) -> None:
         if self.clients.pop(client.id, None) is None:
             return
         self.own_row.closed(client.address_cells)
-        if client.expiry is not None:
-            client.expiry.cancel()
+        self.expiries.discard(client)
         self._forget_session(client)
         self.metrics.closed(client.close_code)
         self.fanout.remove(client)  # first: it adds up what the lanes sent, for the access line
@@ -299,6 +324,20 @@ class Hub:
         self.metrics.add_gauge(Gauge.SUBSCRIPTIONS, -len(client.subscription_keys))
         client.subscription_keys.clear()
         log.debug("client %s disconnected", client.id)
+
+    def _sweep_heartbeats(self) -> None:
+        """Ping the clients that have been quiet too long; close those that never answered."""
+        now = time.monotonic()
+        check = self.heartbeats.check
+        for client in list(self.clients.values()):
+            verdict = check(now, client.last_heard, client.ping_sent_at)
+            if verdict is None:
+                continue
+            if isinstance(verdict, Disconnect):
+                client.close(verdict)
+            else:
+                client.ping(now)
+        self._heartbeat_sweep = self.loop.call_later(self.heartbeats.sweep_every, self._sweep_heartbeats)
 
     def _forget_session(self, client: ClientSession) -> None:
         session_id = client.principal.session

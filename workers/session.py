@@ -22,11 +22,48 @@ if TYPE_CHECKING:
     from workers.hub import Hub
 
 TEXT = WSMsgType.TEXT
+PONG = WSMsgType.PONG
 CLOSE_LINGER = 1.0  # seconds to wait for the peer's close frame before closing TCP ourselves
 CLOSE_GRACE = 5.0  # seconds a closed peer has to read what is queued, the close frame last
 
 
 class ClientSession(WSListener):
+    # Slots: a worker holds thousands of these, and a dict per instance was 1.5 KB of each.
+    __slots__ = (
+        "_fragments",
+        "_fragments_binary",
+        "_fragments_compressed",
+        "_threshold",
+        "address",
+        "address_cells",
+        "client_info",
+        "close_code",
+        "close_reason",
+        "closed",
+        "deflate",
+        "floor",
+        "held",
+        "held_bytes",
+        "hub",
+        "id",
+        "inflater",
+        "last_heard",
+        "limiter",
+        "messages_in",
+        "messages_out",
+        "opened_at",
+        "out",
+        "paused",
+        "ping_sent_at",
+        "placed",
+        "principal",
+        "raw",
+        "resumed",
+        "sent_mark",
+        "subscription_keys",
+        "transport",
+    )
+
     def __init__(
         self, hub: Hub, client_id: str, principal: Principal, address_cells: tuple[int, ...]
     ) -> None:
@@ -34,7 +71,6 @@ class ClientSession(WSListener):
         self.id = client_id
         self.principal = principal
         self.address_cells = address_cells
-        self.expiry: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
         self.subscription_keys: set[str] = set()
         self.client_info: ClientInfo | None = None
@@ -50,6 +86,9 @@ class ClientSession(WSListener):
         )
         self.paused = False
         self.closed = False
+        # Heartbeats: when the latest frame arrived, and when the ping awaiting its pong went out.
+        self.last_heard = time.monotonic()
+        self.ping_sent_at: float | None = None
         self.raw: asyncio.WriteTransport  # set on connection
         self.out: list[bytes] = []  # frames waiting for the end of the batch
         # The fan-out's lanes this client is in: (subscription keys, direct, window bits), and for a
@@ -88,7 +127,11 @@ class ClientSession(WSListener):
         self.paused = False
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.last_heard = time.monotonic()
         kind = frame.msg_type
+        if kind == PONG:
+            self.ping_sent_at = None  # only a pong answers a ping
+            return
         if (self.closed or transport.is_close_frame_sent) and kind != WSMsgType.CLOSE:
             # Closing: the peer's answer is all we wait for. picows may have closed by itself (a frame
             # over max_frame_size gets 1009) and still hand over the rest of what it parses.
@@ -222,6 +265,11 @@ class ClientSession(WSListener):
         if self.floor <= self.hub.order.last:
             self.floor = 0  # every event still to come is past it
         self.hub.fanout.place(self)
+
+    def ping(self, now: float) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.send_ping()
+            self.ping_sent_at = now
 
     def pending_bytes(self) -> int:
         return 0 if self.transport is None else self.transport.underlying_transport.get_write_buffer_size()

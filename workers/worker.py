@@ -75,8 +75,6 @@ async def serve(
             settings.host,
             settings.port,
             handshake_timeout=settings.handshake_timeout,
-            ping_idle=settings.heartbeat_interval,
-            ping_reply=settings.heartbeat_timeout,
             max_frame_size=settings.max_message_bytes,
             ssl_context=tls,
             backlog=LISTEN_BACKLOG,
