@@ -129,9 +129,6 @@ class ClientSession(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self.last_heard = time.monotonic()
         kind = frame.msg_type
-        if kind == PONG:
-            self.ping_sent_at = None  # only a pong answers a ping
-            return
         if (self.closed or transport.is_close_frame_sent) and kind != WSMsgType.CLOSE:
             # Closing: the peer's answer is all we wait for. picows may have closed by itself (a frame
             # over max_frame_size gets 1009) and still hand over the rest of what it parses.
@@ -141,6 +138,9 @@ class ClientSession(WSListener):
         first_of_message = kind == TEXT or kind == WSMsgType.BINARY
         if frame.rsv2 or frame.rsv3 or (frame.rsv1 and (self.inflater is None or not first_of_message)):
             self.close(Disconnect(CloseCode.PROTOCOL_ERROR, "reserved bits set"))
+            return
+        if kind == PONG:
+            self.ping_sent_at = None  # only a pong answers a ping
             return
         if first_of_message:
             if self._fragments is not None:
