@@ -29,6 +29,7 @@ from core.config import OPTIONS, Settings, load_settings
 from core.errors import BootError, ConfigError
 from core.transcripts import project_id_for
 from workers.child import EXIT_BOOT_ERROR, die_with_parent, run_child, set_process_name
+from workers.curve import bus_keys
 from workers.keys import AuthSetup, load_auth
 from workers.logs import setup_logging
 from workers.shared import SharedCounters, SharedMetrics
@@ -76,8 +77,12 @@ class Supervisor:
     exit_code: int = 0
 
     def __post_init__(self) -> None:
-        self.slots = [Slot("ingest", 0)] + [Slot("worker", i) for i in range(1, self.settings.workers + 1)]
-        if self.settings.watch:
+        role = self.settings.role
+        if role in ("all", "ingest"):
+            self.slots.append(Slot("ingest", 0))
+        if role in ("all", "workers"):
+            self.slots += [Slot("worker", i) for i in range(1, self.settings.workers + 1)]
+        if role == "watcher" or (role == "all" and self.settings.watch):
             self.slots.append(Slot("watcher", 0))
         # Made before any fork, so every worker maps the same memory; two rows a slot, so that during a
         # rolling restart the successor and its draining predecessor each count their own.
@@ -94,15 +99,7 @@ class Supervisor:
     def run(self) -> int:
         set_process_name("observatory")
         self._install_signals()
-        log.info(
-            "observatory serving %s://%s:%d/ with %d workers; producers push to %s%s",
-            scheme_of(self.settings),
-            self.settings.host,
-            self.settings.port,
-            self.settings.workers,
-            self.settings.ingest_endpoint,
-            f"; watching {self.settings.transcripts_dir}" if self.settings.watch else "",
-        )
+        log.info("%s", describe(self.settings, [slot.role for slot in self.slots]))
         self.running = True
         for slot in self.slots:  # the ingest first: workers connect to its bus
             self._spawn(slot)
@@ -232,7 +229,8 @@ class Supervisor:
             if not restart:
                 log.info("%s (pid %d) %s", slot.name, pid, how)
                 continue
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR and slot.role == "watcher":
+            cannot_boot = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR
+            if cannot_boot and slot.role == "watcher" and self.settings.role == "all":
                 # The server is whole without it: serve on, and say so, rather than stop.
                 slot.abandoned = True
                 log.error("the transcript watcher (pid %d) cannot boot: serving without it", pid)
@@ -493,6 +491,25 @@ def local_addresses(settings: Settings, auth: AuthSetup) -> tuple[str, str | Non
     return f"{web}#token={token}", f"{scheme_of(settings)}://{authority}/?token={token}"
 
 
+def describe(settings: Settings, roles: Sequence[str]) -> str:
+    """What this host runs, in one line for the log."""
+    parts = []
+    if "ingest" in roles:
+        parts.append(
+            f"ingest: producers push to {settings.ingest_endpoint}, bus {settings.bus_endpoint}, "
+            f"queries {settings.query_endpoint}"
+        )
+    workers = roles.count("worker")
+    if workers:
+        where = f"{scheme_of(settings)}://{settings.host}:{settings.port}/"
+        bus = "" if "ingest" in roles else f" from the bus at {settings.bus_endpoint}"
+        parts.append(f"{workers} workers serving {where}{bus}")
+    if "watcher" in roles:
+        parts.append(f"watching {settings.transcripts_dir}, pushing to {settings.ingest_endpoint}")
+    secured = "; bus secured with CURVE" if settings.curve_secret_key_file else ""
+    return f"observatory ({settings.role}): " + "; ".join(parts) + secured
+
+
 def scheme_of(settings: Settings) -> str:
     return "wss" if settings.ssl_cert_path else "ws"
 
@@ -507,19 +524,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workers.status import status_main
 
         return status_main(arguments[1:])
+    if arguments[:1] == ["keys"]:
+        from workers.curve import keys_main
+
+        return keys_main(arguments[1:])
     try:
         settings = load_from_command_line(arguments)
-        check_exposure(settings)
-        auth = load_auth(settings, os.environ)
+        serves_websockets = settings.role in ("all", "workers")
+        if serves_websockets:
+            check_exposure(settings)
+        # Only the workers check tokens: an ingest or watcher host needs no key, nor makes one.
+        auth = load_auth(settings, os.environ) if serves_websockets else AuthSetup(None, None)
     except ConfigError as exc:
         print(f"observatory: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, "supervisor", settings.log_format)
     try:
-        check_port_free(settings.host, settings.port)
+        bus_keys(settings)  # a bad certificate stops the start here, not in every child
+        if serves_websockets:
+            check_port_free(settings.host, settings.port)
     except BootError as exc:
         log.error("%s", exc)
         return EXIT_BOOT_ERROR
+    if not serves_websockets:
+        return Supervisor(settings, auth).run()
     if not settings.auth:
         log.warning(
             "authentication is OFF: anyone who can reach %s:%d sees every event", settings.host, settings.port

@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 import zmq
 
+from clients.curve import ClientKeys
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 
 
@@ -27,9 +29,12 @@ class Producer:
         high_water_mark: int = 100_000,
         send_timeout: float = 5.0,
         linger: float = 5.0,
+        curve: ClientKeys | None = None,
     ) -> None:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
+        if curve is not None:  # an ingest across hosts: ClientKeys.load(own secret, ingest's public)
+            curve.apply(self._socket)
         self._socket.setsockopt(zmq.SNDHWM, high_water_mark)
         self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
         self._socket.setsockopt(zmq.LINGER, int(linger * 1000))

@@ -20,6 +20,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # inproc:// cannot cross processes, and the ingest and the workers are separate processes.
 ZMQ_SCHEMES = ("tcp://", "ipc://")
 WATCH_MODES = ("auto", "poll")
+ROLES = ("all", "ingest", "workers", "watcher")
 LOG_FORMATS = ("text", "json")
 
 
@@ -109,16 +110,43 @@ class Settings:
         "Clients sending no Origin (non-browser) are always allowed.",
     )
 
+    role: str = _option(
+        "all",
+        "OBSERVATORY_ROLE",
+        "What this host runs: all (one machine), ingest, workers (the bus of a remote ingest), or "
+        "watcher (pushing to a remote ingest).",
+        choices=ROLES,
+    )
     ingest_endpoint: str = _option(
-        "tcp://127.0.0.1:5557", "OBSERVATORY_INGEST", "ZeroMQ PULL endpoint the ingest binds for producers."
+        "tcp://127.0.0.1:5557",
+        "OBSERVATORY_INGEST",
+        "ZeroMQ PULL endpoint the ingest binds for producers (the watcher pushes to it).",
     )
     bus_endpoint: str = _option(
-        "tcp://127.0.0.1:5558", "OBSERVATORY_BUS", "ZeroMQ PUB endpoint the ingest binds; workers subscribe."
+        "tcp://127.0.0.1:5558",
+        "OBSERVATORY_BUS",
+        "ZeroMQ PUB endpoint the ingest binds; workers (and the watcher) connect to it.",
     )
     query_endpoint: str = _option(
         "tcp://127.0.0.1:5559",
         "OBSERVATORY_QUERY",
         "ZeroMQ ROUTER endpoint the ingest binds to answer the workers' state queries.",
+    )
+    curve_secret_key_file: str = _option(
+        "",
+        "OBSERVATORY_CURVE_SECRET_KEY_FILE",
+        "This host's CURVE secret certificate (observatory keys); set, the bus is encrypted and "
+        "authenticated.",
+    )
+    curve_server_key_file: str = _option(
+        "",
+        "OBSERVATORY_CURVE_SERVER_KEY_FILE",
+        "Workers and watcher hosts: the ingest's CURVE public certificate (empty: this host's own).",
+    )
+    curve_authorized_dir: str = _option(
+        "",
+        "OBSERVATORY_CURVE_AUTHORIZED_DIR",
+        "Ingest host: a folder of the CURVE public certificates allowed to connect (besides its own).",
     )
     bus_high_water_mark: int = _option(
         100_000,
@@ -520,6 +548,12 @@ def _check_together(settings: Settings) -> Settings:
         )
     if bool(settings.ssl_cert_path) != bool(settings.ssl_key_path):
         raise ConfigError("ssl_cert_path and ssl_key_path go together: give both or neither")
+    if (
+        settings.curve_server_key_file or settings.curve_authorized_dir
+    ) and not settings.curve_secret_key_file:
+        raise ConfigError(
+            "curve_server_key_file and curve_authorized_dir need curve_secret_key_file: this host's own key"
+        )
     if settings.heartbeat_timeout > settings.heartbeat_interval:
         # A pinged client answers within the idle span, so a dead peer is found within twice the
         # interval; a longer timeout would mostly keep dead connections open.

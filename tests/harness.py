@@ -24,6 +24,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_sync
 
 from clients import ObservatoryClient, Producer
+from clients.curve import ClientKeys
 from core.auth import mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ class ServerProcess:
     audience: str | None = None
     issuer: str | None = None
     ssl_context: ssl.SSLContext | None = None  # set: the server speaks wss:// and clients trust it
+    curve: ClientKeys | None = None  # set: the bus is CURVE-secured and producers push with these keys
 
     @property
     def url(self) -> str:
@@ -94,7 +96,7 @@ class ServerProcess:
         return f"{self.url}?token={self.token()}" if self.secret else self.url
 
     def producer(self) -> Producer:
-        producer = Producer(self.ingest_endpoint, send_timeout=5.0, linger=1.0)
+        producer = Producer(self.ingest_endpoint, send_timeout=5.0, linger=1.0, curve=self.curve)
         self.producers.append(producer)
         return producer
 
@@ -195,11 +197,14 @@ def start_server(
     workers: int = 2,
     ssl_context: ssl.SSLContext | None = None,
     signing: tuple[bytes, str] | None = None,
+    curve: ClientKeys | None = None,
     **options: Any,
 ) -> ServerProcess:
-    """``signing``: the private key and algorithm of an issuer whose public key the server trusts."""
+    """``signing``: the private key and algorithm of an issuer whose public key the server trusts;
+    ``curve``: the keys this test's producers push with, on a CURVE-secured bus."""
     server, _ = spawn(tmp_path, workers, **options)
     server.ssl_context = ssl_context
+    server.curve = curve
     if signing is not None:
         server.secret, server.algorithm = signing
     try:

@@ -71,6 +71,7 @@ from core.queries import (
 from core.ratelimit import Throttled
 from core.routing import RoutingHeader
 from core.sequence import Action, BusOrder, Deliver, Lost, NewEpoch, Repair
+from workers.curve import bus_keys
 from workers.fanout import Fanout
 from workers.keys import AuthSetup
 from workers.metrics import ServerView
@@ -157,12 +158,17 @@ class Hub:
         self._expiry_due: float | None = None
         self._heartbeat_sweep: asyncio.TimerHandle | None = None
 
+        curve = bus_keys(settings)  # a bad certificate is a BootError: the worker cannot start
         self.bus = context.socket(zmq.SUB)
+        if curve is not None:
+            curve.client().apply(self.bus)
         self.bus.setsockopt(zmq.LINGER, 0)
         self.bus.setsockopt(zmq.RCVHWM, settings.bus_high_water_mark)
         self.bus.setsockopt(zmq.SUBSCRIBE, b"")
         self.bus.connect(settings.bus_endpoint)
         self.queries = context.socket(zmq.DEALER)
+        if curve is not None:
+            curve.client().apply(self.queries)
         self.queries.setsockopt(zmq.LINGER, 0)
         self.queries.connect(settings.query_endpoint)
 
@@ -351,11 +357,12 @@ class Hub:
 
     def _on_bus(self) -> None:
         order = self.order
-        self.last_heard = time.monotonic()
+        heard = False
         fanout = self.fanout
         fanout.corking = True  # (already, with a flush interval)
         try:
             for frames in drain_batch(self.bus, BUS_BATCH, self._on_bus):
+                heard = True
                 if len(frames) != 2:
                     self._on_control(frames)
                     continue
@@ -366,6 +373,10 @@ class Hub:
                 else:
                     self._act(order.on_event(header, frames[1]))
         finally:
+            if heard:
+                # Only a message counts: the socket's FD also wakes on connection attempts, which
+                # a bus that refuses this host's key answers every fraction of a second.
+                self.last_heard = time.monotonic()
             if not fanout.flush_interval:
                 fanout.corking = False
                 fanout.settle()

@@ -25,6 +25,7 @@ from core.queries import answer_history, answer_query
 from core.ratelimit import TokenBucket
 from core.state import LiveState
 from workers.child import Liveness
+from workers.curve import BusKeys, bus_keys, start_gatekeeper
 from workers.shared import MetricsRow
 from workers.zmqio import bind, drain_batch
 
@@ -38,7 +39,11 @@ MAXMSGSIZE_FACTOR = 16
 
 class Ingest:
     def __init__(
-        self, settings: Settings, context: zmq.Context[zmq.Socket[bytes]], metrics: MetricsRow
+        self,
+        settings: Settings,
+        context: zmq.Context[zmq.Socket[bytes]],
+        metrics: MetricsRow,
+        curve: BusKeys | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -59,9 +64,10 @@ class Ingest:
             "ingest_endpoint",
             rcvhwm=hwm,
             maxmsgsize=max(settings.max_event_bytes * MAXMSGSIZE_FACTOR, 1 << 24),
+            curve=curve,
         )
-        self.pub = bind(context, zmq.PUB, settings.bus_endpoint, "bus_endpoint", sndhwm=hwm)
-        self.router = bind(context, zmq.ROUTER, settings.query_endpoint, "query_endpoint")
+        self.pub = bind(context, zmq.PUB, settings.bus_endpoint, "bus_endpoint", sndhwm=hwm, curve=curve)
+        self.router = bind(context, zmq.ROUTER, settings.query_endpoint, "query_endpoint", curve=curve)
         self.rejected = 0
         self._rejected_unlogged = 0
         self._log_budget = TokenBucket(rate=1.0, capacity=5, now=time.monotonic())
@@ -153,9 +159,15 @@ async def serve(settings: Settings, metrics: MetricsRow, beat_fd: int, parent_pi
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gatekeeper = None
     try:
-        ingest = Ingest(settings, context, metrics)
+        curve = bus_keys(settings)
+        if curve is not None:
+            gatekeeper = start_gatekeeper(context, curve)
+        ingest = Ingest(settings, context, metrics, curve)
     except BootError:
+        if gatekeeper is not None:
+            gatekeeper.stop()
         context.destroy(linger=0)
         raise
     ingest.attach(loop)
@@ -172,6 +184,8 @@ async def serve(settings: Settings, metrics: MetricsRow, beat_fd: int, parent_pi
     liveness.stop()
     ingest.detach(loop)
     ingest.flush()
+    if gatekeeper is not None:
+        gatekeeper.stop()
     context.term()
     log.info(
         "ingest stopped after seq %d (%d producer messages rejected)", ingest.pipeline.seq, ingest.rejected

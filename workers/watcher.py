@@ -38,6 +38,7 @@ from core.errors import BootError, StateError
 from core.metrics import Count
 from core.transcripts import MessageLine, parse_line
 from workers.child import Liveness
+from workers.curve import bus_keys
 from workers.shared import MetricsRow
 from workers.tail import Position, TranscriptFile
 
@@ -435,9 +436,13 @@ async def serve(settings: Settings, metrics: MetricsRow, beat_fd: int | None, pa
     except OSError as exc:
         raise BootError(f"cannot create the folder of the state file {state_path}: {exc.strerror}") from None
     # send_timeout 0: a full queue comes back at once and the watcher keeps the events itself.
-    producer = Producer(settings.ingest_endpoint, send_timeout=0.0, linger=2.0)
+    curve = bus_keys(settings)
+    client_keys = curve.client() if curve is not None else None
+    producer = Producer(settings.ingest_endpoint, send_timeout=0.0, linger=2.0, curve=client_keys)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     bus = context.socket(zmq.SUB)
+    if client_keys is not None:
+        client_keys.apply(bus)
     bus.setsockopt(zmq.SUBSCRIBE, CONTROL_FRAME)
     bus.setsockopt(zmq.LINGER, 0)
     bus.connect(settings.bus_endpoint)

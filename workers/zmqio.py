@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import zmq
 
 from core.errors import BootError
+from workers.curve import BusKeys, serve_securely
 
 
 def bind(
@@ -26,8 +27,11 @@ def bind(
     sndhwm: int | None = None,
     rcvhwm: int | None = None,
     maxmsgsize: int | None = None,
+    curve: BusKeys | None = None,
 ) -> zmq.Socket[bytes]:
     sock = context.socket(kind)
+    if curve is not None:
+        serve_securely(sock, curve)
     sock.setsockopt(zmq.LINGER, 0)
     if sndhwm is not None:
         sock.setsockopt(zmq.SNDHWM, sndhwm)
