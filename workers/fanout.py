@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from core.deflate import compress
@@ -117,6 +118,7 @@ class Fanout:
         self.ready: list[Audience] = []  # audiences with events batched
         self.corked: list[ClientSession] = []  # slow clients with frames queued
         self._moving: list[ClientSession] = []  # to place again once the batch is written
+        self._published: list[int] = []  # when the batch's events were published (ms), for the latency
         self._timer: asyncio.TimerHandle | None = None
         self._threshold = compression_threshold
         self._level = compression_level
@@ -187,6 +189,8 @@ class Fanout:
         for client in slow:
             queued_bytes += client.send_event(seq, payload)
             recipients += 1
+        if recipients and header.published_ms:
+            self._published.append(header.published_ms)
         return recipients, queued_bytes
 
     def cork(self, client: ClientSession) -> None:
@@ -212,6 +216,11 @@ class Fanout:
             ready, self.ready = self.ready, []
             for audience in ready:
                 self._write(audience)
+        if self._published:
+            published, self._published = self._published, []
+            written_ms = time.time() * 1000
+            for published_ms in published:
+                self.metrics.latency(written_ms - published_ms)
         if self._moving:
             moving, self._moving = self._moving, []
             for client in moving:

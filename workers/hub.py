@@ -384,9 +384,8 @@ class Hub:
     def _broadcast(self, header: RoutingHeader, payload: bytes) -> None:
         recipients, sent_bytes = self.fanout.broadcast(header, payload)
         if recipients:
-            published = header.published_ms
-            latency_ms = time.time() * 1000 - published if published else None
-            self.metrics.broadcast(recipients, sent_bytes, latency_ms)
+            # The latency is taken when the batch is written (Fanout.settle), not here.
+            self.metrics.broadcast(recipients, sent_bytes, None)
 
     def _on_control(self, frames: list[bytes]) -> None:
         if len(frames) == 3 and frames[0] == CONTROL_FRAME and frames[1] == b"beat":

@@ -139,8 +139,13 @@ class MetricsRow:
         cells[Count.MESSAGES_SENT] += recipients
         cells[Count.BYTES_OUT] += payload_bytes
         if latency_ms is not None:
-            cells[Count.LATENCY_SUM_US] += max(0, round(latency_ms * 1000))
-            cells[bucket_cell(latency_ms)] += 1
+            self.latency(latency_ms)
+
+    def latency(self, latency_ms: float) -> None:
+        """One event's time from its publication to its write to the clients of this worker."""
+        cells = self.cells
+        cells[Count.LATENCY_SUM_US] += max(0, round(latency_ms * 1000))
+        cells[bucket_cell(latency_ms)] += 1
 
     def add_gauge(self, gauge: Gauge, delta: int) -> None:
         self.cells[gauge_cell(gauge)] += delta
