@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -27,6 +28,7 @@ import orjson
 import psutil
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -127,6 +129,8 @@ class Result:
     latency_ms_p95: float
     latency_ms_p99: float
     latency_ms_max: float
+    server_latency_ms_p50: float
+    server_latency_ms_p99: float
     handshake_ms_p50: float
     handshake_ms_p95: float
     handshake_ms_p99: float
@@ -165,6 +169,33 @@ def cpu_by_process(processes: list[psutil.Process]) -> dict[str, tuple[float, fl
     return times
 
 
+def server_latency_buckets(url: str) -> dict[float, float]:
+    """The server's own broadcast latency histogram (publish -> write at a worker), cumulative counts
+    by upper bound in ms, from /metrics on the WebSocket port; {} if it cannot be read."""
+    http = url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).split("?", 1)[0]
+    try:
+        text = urllib.request.urlopen(http.rstrip("/") + "/metrics", timeout=5).read().decode()
+    except (OSError, ValueError):
+        return {}
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "observatory_broadcast_latency_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"]) * 1000] = sample.value
+    return buckets
+
+
+def bucket_percentile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound (ms) of the bucket holding the q-th percentile of what was added in between."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    wanted = counts[-1] * q / 100
+    return next(bound for bound, count in zip(bounds, counts, strict=True) if count >= wanted)
+
+
 def rss_mb(processes: list[psutil.Process]) -> float:
     total = 0
     for process in processes:
@@ -197,6 +228,7 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
     server = server_processes(server_pid)
     rss_idle = rss_mb(server)
     cpu_before = cpu_by_process(server)
+    latency_before = server_latency_buckets(url)
     payload = "x" * max(args.size - 40, 0)
     producer = Producer(ingest)
     sent = 0
@@ -219,6 +251,7 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
         finish_w.send(True)
     outcomes = [out_r.recv() if out_r.poll(60) else None for _, _, out_r in pipes]
     cpu_after = cpu_by_process(server)
+    latency_after = server_latency_buckets(url)
     cpu_spent = {
         name: (user - cpu_before.get(name, (0.0, 0.0))[0], system - cpu_before.get(name, (0.0, 0.0))[1])
         for name, (user, system) in cpu_after.items()
@@ -263,6 +296,8 @@ def run(args: argparse.Namespace, url: str, ingest: str, server_pid: int) -> Res
         latency_ms_p95=round(percentile(latencies, 95), 3),
         latency_ms_p99=round(percentile(latencies, 99), 3),
         latency_ms_max=round(max(latencies, default=float("nan")), 3),
+        server_latency_ms_p50=bucket_percentile(latency_before, latency_after, 50),
+        server_latency_ms_p99=bucket_percentile(latency_before, latency_after, 99),
         handshake_ms_p50=round(percentile(handshakes, 50), 3),
         handshake_ms_p95=round(percentile(handshakes, 95), 3),
         handshake_ms_p99=round(percentile(handshakes, 99), 3),

@@ -35,6 +35,14 @@ def test_fanout_smoke_run_delivers_everything_in_order() -> None:
     assert figures["latency_ms_p99"] > 0 and figures["server_cpu_seconds"] > 0
 
 
+def test_floor_smoke_run_counts_every_send() -> None:
+    figures = run_benchmark(
+        "floor.py", "--clients", "6", "--procs", "2", "--rate", "50", "--duration", "1", "--json"
+    )
+    assert figures["sends"] >= 6 * 40 and figures["received"] == figures["sends"]
+    assert figures["sender_system_us_per_send"] > 0 and figures["latency_ms_p99"] > 0
+
+
 def test_soak_smoke_run_reports_memory_and_no_holes() -> None:
     figures = run_benchmark(
         "soak.py",
