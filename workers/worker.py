@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -38,6 +39,20 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+# Connections are freed by reference counting (their objects form no cycles once closed), so the
+# cyclic collector only finds what is long-lived anyway; with the defaults its full passes over
+# thousands of connections were the handshake tail (10,000 connections ramped at 1,000/s: p99
+# 178-371 ms; with this, 16-47 ms; perf/README.md).
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Boot-time objects out of every later collection, and collections a few times rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(
     settings: Settings,
     auth: AuthSetup,
@@ -48,6 +63,7 @@ async def serve(
     parent_pid: int,
 ) -> None:
     loop = asyncio.get_running_loop()
+    tune_garbage_collector()
     stop = asyncio.Event()
     # SIGTERM: the server stops; keep listening so new handshakes get 503 while clients drain.
     # SIGUSR2: a successor has taken over the port; stop listening at once so it gets the newcomers.
