@@ -259,13 +259,12 @@ class Supervisor:
             STABLE_AFTER,
         )
         workers = [s for s in self.slots if s.role == "worker"]
-        if slot.role == "watcher":
+        if slot.role == "watcher" and self.settings.role == "all":
             log.error("serving without the transcript watcher")
-        elif slot.role == "ingest" or all(s.abandoned for s in workers):
-            log.error(
-                "observatory cannot serve without %s: stopping",
-                "its ingest" if slot.role == "ingest" else "workers",
-            )
+        elif slot.role != "worker" or all(s.abandoned for s in workers):
+            # A host whose one job is gone stops, so that its service manager sees it.
+            what = {"ingest": "its ingest", "watcher": "its watcher"}.get(slot.role, "workers")
+            log.error("observatory cannot run without %s: stopping", what)
             self.exit_code = EXIT_CRASH_LOOP
             self.running = False
 

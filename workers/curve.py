@@ -130,7 +130,10 @@ def keys_main(argv: Sequence[str]) -> int:
     ]
     if existing and not args.force:
         names = ", ".join(existing)
-        print(f"observatory keys: error: {names} exist in {folder} (--force replaces them)", file=sys.stderr)
+        print(
+            f"observatory keys: error: in {folder}, certificates exist for: {names} (--force replaces them)",
+            file=sys.stderr,
+        )
         return 2
     folder.mkdir(parents=True, exist_ok=True)
     old_umask = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
