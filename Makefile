@@ -1,13 +1,14 @@
 # `make test` is the test command of README.md ("Two commands") and what .ci/run runs: it installs
-# what the tests need (Debian's chromium for the browser tests, Debian's openssh-server for the
-# multi-host tests, the Python packages into .venv) and runs them.
+# what the tests need (Debian's chromium for the browser tests, Debian's openssh-server and systemd for
+# the multi-host tests, the Python packages into .venv) and runs them.
 
 CHROMIUM := /usr/bin/chromium
 SSHD := /usr/sbin/sshd
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
 
-.PHONY: test browser sshd
+.PHONY: test browser sshd units
 
-test: browser sshd
+test: browser sshd units
 	python3 -m venv .venv
 	.venv/bin/pip install -q -e '.[test]'
 	.venv/bin/python -m pytest
@@ -18,6 +19,10 @@ browser: $(CHROMIUM)
 # The multi-host tests (tests/multihost) start an sshd by hand in each network namespace; the package's
 # own service is never used.
 sshd: $(SSHD)
+
+# The deployment test (tests/multihost/test_cluster.py) runs ansible/, whose roles check every unit file
+# with systemd-analyze verify; it needs no running systemd, only Debian's package that ships it.
+units: $(SYSTEMD_ANALYZE)
 
 # $(call apt_install,FILE,PACKAGE,WHAT FOR): install Debian's PACKAGE, which provides FILE, as root or
 # through sudo; runs only when FILE is missing, since FILE is the target of the rule that calls it.
@@ -40,3 +45,6 @@ $(CHROMIUM):
 
 $(SSHD):
 	$(call apt_install,$(SSHD),openssh-server,the multi-host tests)
+
+$(SYSTEMD_ANALYZE):
+	$(call apt_install,$(SYSTEMD_ANALYZE),systemd,the multi-host tests)
