@@ -266,9 +266,12 @@ async def test_a_worker_started_later_knows_earlier_revocations(tmp_path: Path) 
         deadline = time.monotonic() + 10
         status = 0
         while time.monotonic() < deadline:
-            status, _ = await handshake_status(
-                own.url, {"Authorization": f"Bearer {own.token(session='sid-old')}"}
-            )
+            try:
+                status, _ = await handshake_status(
+                    own.url, {"Authorization": f"Bearer {own.token(session='sid-old')}"}
+                )
+            except ConnectionRefusedError:
+                status = 0  # the new worker's process is up but not yet listening
             if status == 401:
                 break
             await asyncio.sleep(0.2)
