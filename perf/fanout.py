@@ -145,6 +145,15 @@ class Result:
     achieved_rate: float
 
 
+def report(figures: dict[str, Any], table: bool) -> None:
+    """The figures as JSON on stdout and, unless only JSON is wanted, as a table on stderr."""
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    if table:
+        width = max(len(k) for k in figures)
+        for key, value in figures.items():
+            print(f"{key:<{width}}  {value}", file=sys.stderr)
+
+
 def server_processes(root_pid: int) -> list[psutil.Process]:
     root = psutil.Process(root_pid)
     return [root, *root.children(recursive=True)]
@@ -361,11 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    print(orjson.dumps(asdict(result), option=orjson.OPT_INDENT_2).decode())
-    if not args.json:
-        width = max(len(k) for k in asdict(result))
-        for key, value in asdict(result).items():
-            print(f"{key:<{width}}  {value}", file=sys.stderr)
+    report(asdict(result), table=not args.json)
     return 0
 
 

@@ -28,7 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fanout import END, EVENT, _load_process, percentile  # perf/ is this script's own folder
+from fanout import END, EVENT, _load_process, percentile, report  # perf/ is this script's own folder
 
 from core.frames import text_frame
 
@@ -146,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     result = run(args)
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    if not args.json:
-        width = max(len(k) for k in result)
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}", file=sys.stderr)
+    report(result, table=not args.json)
     return 0
 
 

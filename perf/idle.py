@@ -37,7 +37,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fanout import cpu_of, percentile, server_processes  # perf/ is this script's own folder
+from fanout import cpu_of, percentile, report, server_processes  # perf/ is this script's own folder
 
 SUBSCRIBE = orjson.dumps({"type": "subscribe", "data": {"filters": {"eventTypes": ["idle_never_sent"]}}})
 FD_MARGIN = 64  # descriptors a process needs besides its connections (pipes, the event loop, libraries)
@@ -370,11 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    print(orjson.dumps(asdict(result), option=orjson.OPT_INDENT_2).decode())
-    if not args.json:
-        width = max(len(k) for k in asdict(result))
-        for key, value in asdict(result).items():
-            print(f"{key:<{width}}  {value}", file=sys.stderr)
+    report(asdict(result), table=not args.json)
     if result.connections_subscribed < args.connections:
         print(
             f"idle: only {result.connections_subscribed} of {args.connections} connections were "
